@@ -1,0 +1,196 @@
+"""MQTT brokers the cloud and the tests run against.
+
+Both brokers expose the same small surface (host, port, start, stop, restart) so
+every integration test runs unchanged on the embedded broker and on Mosquitto.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Protocol
+
+
+class Broker(Protocol):
+    host: str
+    port: int
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def restart(self, down_seconds: float = 0.0) -> None: ...
+
+    @property
+    def url(self) -> str: ...
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"broker did not listen on {host}:{port} within {timeout}s")
+
+
+class EmbeddedBroker:
+    """amqtt in a thread of its own: no server to install or start by hand."""
+
+    name = "embedded"
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+        self.host = host
+        self.port = port or free_port()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._broker = None
+        for noisy in ("amqtt", "transitions"):
+            logging.getLogger(noisy).setLevel(logging.CRITICAL)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def _config(self) -> dict:
+        return {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+
+    def start(self) -> None:
+        from amqtt.broker import Broker as AmqttBroker
+
+        ready = threading.Event()
+        error: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            try:
+                self._broker = AmqttBroker(self._config(), loop=loop)
+                loop.run_until_complete(self._broker.start())
+            except BaseException as exc:  # reported to the starting thread
+                error.append(exc)
+                ready.set()
+                return
+            ready.set()
+            loop.run_forever()
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"amqtt:{self.port}", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if error:
+            raise RuntimeError(f"embedded broker failed to start: {error[0]}") from error[0]
+        wait_listening(self.host, self.port)
+
+    def stop(self) -> None:
+        if not self._loop or not self._broker:
+            return
+        fut = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
+        try:
+            fut.result(10)
+        except Exception:  # shutdown of a broker with dead clients may complain; it is down anyway
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join(10)
+        self._loop = None
+        self._broker = None
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+
+
+class MosquittoBroker:
+    """A real Mosquitto process on a loopback port, with persistence so a restart keeps retained state."""
+
+    name = "mosquitto"
+
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, workdir: Path | None = None) -> None:
+        self.host = host
+        self.port = port or free_port()
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="simsock-mosq-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def available() -> bool:
+        return executable() is not None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    def _write_config(self) -> Path:
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} {self.host}\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            "autosave_interval 1\n"
+            f"log_dest file {self.workdir}/mosquitto.log\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+        )
+        return conf
+
+    def start(self) -> None:
+        exe = executable()
+        if exe is None:
+            raise RuntimeError("mosquitto is not installed (apt-get install -y mosquitto)")
+        conf = self._write_config()
+        self._proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_listening(self.host, self.port)
+        except TimeoutError:
+            err = self._proc.stderr.read().decode() if self._proc.poll() is not None and self._proc.stderr else ""
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start: {err}") from None
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def restart(self, down_seconds: float = 0.0) -> None:
+        self.stop()
+        time.sleep(down_seconds)
+        self.start()
+
+
+def executable() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()), None
+    )
+
+
+def make_broker(kind: str) -> EmbeddedBroker | MosquittoBroker:
+    if kind == "embedded":
+        return EmbeddedBroker()
+    if kind == "mosquitto":
+        return MosquittoBroker()
+    raise ValueError(f"unknown broker kind {kind!r} (embedded or mosquitto)")
