@@ -75,8 +75,4 @@ def mp() -> object:
     return run_micropython
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--port", default=None, help="serial port of a real unit for hil_tests (e.g. /dev/ttyUSB0)")
-
-
 sys.path.insert(0, str(REPO))
