@@ -1,0 +1,404 @@
+"""Device and account registry: the cloud's one source of truth, in SQLite (WAL).
+
+`Registry(url)` opens `sqlite:///relative/path.db`, `sqlite:////absolute/path.db` or
+`sqlite:///:memory:` and applies the migrations of `cloud_stub.schema`. Other schemes
+(`postgresql://…`) are reserved for a later backend and refused with a clear error.
+
+Several processes may share one database file (the `cloud serve` process and
+`simsock account …` commands): WAL lets readers run beside a writer, writers wait up to
+`busy_timeout`, and every multi-row change runs in one `transaction()` (BEGIN IMMEDIATE),
+so nothing is ever half-written. Within a process one connection is shared by all threads
+behind a lock; methods are thread-safe.
+
+This module is data access only: no MQTT, no business rules (those live in
+`accounts.py` and `service.py`). Timestamps are Unix seconds (float), money integer cents.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from cloud_stub import schema
+
+DEFAULT_DB_URL = "sqlite:///simsock-cloud.db"
+
+
+class RegistryError(Exception):
+    """A database URL or request the registry cannot serve."""
+
+
+class NotFound(RegistryError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+def sqlite_path(url: str) -> str:
+    """The file path (or ':memory:') of a `sqlite:///…` URL; RegistryError for anything else."""
+    if not isinstance(url, str) or "://" not in url:
+        raise RegistryError(f"bad database URL {url!r}: expected sqlite:///path.db")
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.lower()
+    if scheme in ("postgres", "postgresql", "postgresql+psycopg", "mysql"):
+        raise RegistryError(f"database {scheme}:// is not supported yet (only sqlite:///path.db)")
+    if scheme != "sqlite":
+        raise RegistryError(f"bad database URL {url!r}: unknown scheme {scheme!r} (use sqlite:///path.db)")
+    if not rest.startswith("/") or rest == "/":
+        raise RegistryError(f"bad database URL {url!r}: expected sqlite:///relative.db or sqlite:////abs/path.db")
+    path = rest[1:]
+    if "?" in path:
+        raise RegistryError(f"bad database URL {url!r}: query parameters are not supported")
+    return path
+
+
+def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
+    return None if row is None else dict(row)
+
+
+class Registry:
+    def __init__(self, url: str = DEFAULT_DB_URL, *, busy_timeout: float = 10.0) -> None:
+        self.url = url
+        self.path = sqlite_path(url)
+        if self.path != ":memory:":
+            parent = Path(self.path).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise RegistryError(f"database directory {parent} does not exist")
+        self._lock = threading.RLock()
+        self._depth = 0
+        try:
+            self._db = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise RegistryError(f"cannot open database {url}: {exc}") from exc
+        self._db.row_factory = sqlite3.Row
+        try:
+            if self.path != ":memory:":
+                self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise RegistryError(f"cannot use database {url}: {exc}") from exc
+
+    # --- plumbing ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Registry]:
+        """One atomic write (BEGIN IMMEDIATE … COMMIT, ROLLBACK on any exception); nests."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self
+                finally:
+                    self._depth -= 1
+                return
+            self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+            finally:
+                self._depth = 0
+
+    def _x(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, params)
+
+    def _one(self, sql: str, params: tuple | dict = ()) -> dict[str, Any] | None:
+        with self._lock:
+            return _row(self._db.execute(sql, params).fetchone())
+
+    def _all(self, sql: str, params: tuple | dict = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._db.execute(sql, params).fetchall()]
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            self._db.execute(schema.VERSION_TABLE)
+            have = self._db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+            if have > schema.SCHEMA_VERSION:
+                raise RegistryError(
+                    f"database schema version {have} is newer than this code ({schema.SCHEMA_VERSION})"
+                )
+            for version, description, sql in schema.MIGRATIONS:
+                if version <= have:
+                    continue
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(
+                    "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+                    (version, description, time.time()),
+                )
+
+    def schema_version(self) -> int:
+        row = self._one("SELECT MAX(version) AS v FROM schema_version")
+        return int(row["v"]) if row and row["v"] is not None else 0
+
+    # --- accounts ------------------------------------------------------------------------
+
+    def insert_account(self, name: str, balance_cents: int, state: str, at: float) -> int:
+        try:
+            cur = self._x(
+                "INSERT INTO accounts (name, balance_cents, state, state_since, created) VALUES (?, ?, ?, ?, ?)",
+                (name, balance_cents, state, at, at),
+            )
+        except sqlite3.IntegrityError as exc:
+            raise RegistryError(f"account {name!r} already exists") from exc
+        return int(cur.lastrowid or 0)
+
+    def account(self, account_id: int) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM accounts WHERE id = ?", (account_id,))
+
+    def find_account(self, ref: int | str) -> dict[str, Any]:
+        """An account by id (int or digits) or by name; NotFound otherwise."""
+        row = None
+        if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+            row = self.account(int(ref))
+        if row is None and isinstance(ref, str):
+            row = self._one("SELECT * FROM accounts WHERE name = ?", (ref,))
+        if row is None:
+            raise NotFound(f"unknown account {ref!r}")
+        return row
+
+    def accounts(self) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM accounts ORDER BY id")
+
+    def update_account(self, account_id: int, *, balance_cents: int, state: str, state_since: float) -> None:
+        self._x(
+            "UPDATE accounts SET balance_cents = ?, state = ?, state_since = ? WHERE id = ?",
+            (balance_cents, state, state_since, account_id),
+        )
+
+    # --- devices -------------------------------------------------------------------------
+
+    def ensure_device(self, device_id: str, at: float) -> bool:
+        """Create the device (no account) and its status row if missing; True if created."""
+        with self.transaction():
+            cur = self._x(
+                "INSERT INTO devices (device_id, account_id, serial, created) VALUES (?, NULL, NULL, ?) "
+                "ON CONFLICT(device_id) DO NOTHING",
+                (device_id, at),
+            )
+            self._x("INSERT INTO device_status (device_id) VALUES (?) ON CONFLICT(device_id) DO NOTHING", (device_id,))
+            return cur.rowcount > 0
+
+    def assign_device(self, device_id: str, account_id: int, serial: str | None) -> None:
+        self._x(
+            "UPDATE devices SET account_id = ?, serial = COALESCE(?, serial) WHERE device_id = ?",
+            (account_id, serial, device_id),
+        )
+
+    def device_row(self, device_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM devices WHERE device_id = ?", (device_id,))
+
+    _DEVICE_VIEW = """
+        SELECT d.device_id, d.account_id, d.serial, d.created, s.*, ds.version AS desired_version,
+               ds.mode AS desired_mode, ds.published_at AS desired_published_at
+        FROM devices d
+        LEFT JOIN device_status s ON s.device_id = d.device_id
+        LEFT JOIN desired ds ON ds.device_id = d.device_id
+    """
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        return self._one(self._DEVICE_VIEW + " WHERE d.device_id = ?", (device_id,))
+
+    def devices(self, account_id: int | None = None) -> list[dict[str, Any]]:
+        if account_id is None:
+            return self._all(self._DEVICE_VIEW + " ORDER BY d.device_id")
+        return self._all(self._DEVICE_VIEW + " WHERE d.account_id = ? ORDER BY d.device_id", (account_id,))
+
+    def device_ids(self, account_id: int) -> list[str]:
+        return [r["device_id"] for r in self._all(
+            "SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id", (account_id,)
+        )]
+
+    # --- status and heartbeats -----------------------------------------------------------
+
+    def status(self, device_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM device_status WHERE device_id = ?", (device_id,))
+
+    def set_status(self, device_id: str, status: str, at: float, reason: str) -> None:
+        self._x(
+            "UPDATE device_status SET status = ?, online = ?, status_at = ?, status_reason = ? WHERE device_id = ?",
+            (status, 1 if status == "online" else 0, at, reason, device_id),
+        )
+
+    def touch(self, device_id: str, at: float) -> None:
+        self._x(
+            "UPDATE device_status SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE device_id = ?",
+            (at, device_id),
+        )
+
+    def record_heartbeat(self, device_id: str, hb: dict[str, Any], at: float, interval_s: float | None) -> None:
+        self._x(
+            """UPDATE device_status SET
+                 last_seen = MAX(COALESCE(last_seen, 0), :at), hb_at = :at, hb_count = hb_count + 1,
+                 last_seq = :seq, hb_fw = :fw, hb_uptime_s = :uptime_s, hb_mode = :mode,
+                 hb_desired_version = :desired_version, hb_flags = :flags,
+                 hb_temperature_c = :temperature_c, hb_signal_dbm = :signal_dbm, hb_free_heap = :free_heap,
+                 hb_interval_s = COALESCE(:interval_s, hb_interval_s)
+               WHERE device_id = :device_id""",
+            {**hb, "at": at, "interval_s": interval_s, "device_id": device_id},
+        )
+
+    def set_applied(self, device_id: str, version: int, at: float) -> None:
+        self._x(
+            "UPDATE device_status SET applied_version = ?, applied_at = ? WHERE device_id = ?",
+            (version, at, device_id),
+        )
+
+    def heartbeat_count(self, device_id: str | None = None) -> int:
+        if device_id is None:
+            row = self._one("SELECT COALESCE(SUM(hb_count), 0) AS n FROM device_status")
+        else:
+            row = self._one("SELECT hb_count AS n FROM device_status WHERE device_id = ?", (device_id,))
+        return int(row["n"]) if row and row["n"] is not None else 0
+
+    def online_devices(self) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM device_status WHERE status = 'online'")
+
+    # --- desired state -------------------------------------------------------------------
+
+    def desired(self, device_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM desired WHERE device_id = ?", (device_id,))
+
+    def all_desired(self, unpublished_only: bool = False) -> list[dict[str, Any]]:
+        where = " WHERE published_at IS NULL" if unpublished_only else ""
+        return self._all("SELECT * FROM desired" + where + " ORDER BY device_id")
+
+    def put_desired(self, device_id: str, mode: str, at: float) -> dict[str, Any]:
+        """Store a new desired mode with the next version and return the row (unpublished).
+
+        The next version is above both the last one stored and the one the unit last
+        reported, so a unit that persisted a higher version (another database, a restore)
+        still takes the new state.
+        """
+        with self.transaction():
+            cur = self.desired(device_id)
+            st = self.status(device_id)
+            version = max(cur["version"] if cur else 0, st["applied_version"] if st else 0,
+                          (st["hb_desired_version"] or 0) if st else 0) + 1
+            self._x(
+                "INSERT INTO desired (device_id, version, mode, created, published_at) VALUES (?, ?, ?, ?, NULL) "
+                "ON CONFLICT(device_id) DO UPDATE SET version = excluded.version, mode = excluded.mode, "
+                "created = excluded.created, published_at = NULL",
+                (device_id, version, mode, at),
+            )
+            row = self.desired(device_id)
+            assert row is not None
+            return row
+
+    def mark_published(self, device_id: str, version: int, at: float) -> None:
+        self._x("UPDATE desired SET published_at = ? WHERE device_id = ? AND version = ?", (at, device_id, version))
+
+    # --- commands and acks ---------------------------------------------------------------
+
+    def insert_command(self, cmd_id: str, device_id: str, op: str, arg: str | None, exp: int | None, at: float) -> None:
+        self._x(
+            "INSERT INTO commands (id, device_id, op, arg, exp, sent_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (cmd_id, device_id, op, arg, exp, at),
+        )
+
+    def command(self, cmd_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM commands WHERE id = ?", (cmd_id,))
+
+    def insert_ack(
+        self,
+        device_id: str,
+        *,
+        ok: bool,
+        at: float,
+        cmd_id: str | None = None,
+        version: int | None = None,
+        err: str | None = None,
+        res: dict[str, Any] | None = None,
+    ) -> int:
+        cur = self._x(
+            "INSERT INTO acks (device_id, cmd_id, version, ok, err, res, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (device_id, cmd_id, version, 1 if ok else 0, err, None if res is None else json.dumps(res), at),
+        )
+        return int(cur.lastrowid or 0)
+
+    @staticmethod
+    def _ack(row: dict[str, Any]) -> dict[str, Any]:
+        row["ok"] = bool(row["ok"])
+        row["res"] = None if row["res"] is None else json.loads(row["res"])
+        return row
+
+    def acks(self, device_id: str | None = None, cmd_id: str | None = None) -> list[dict[str, Any]]:
+        where, params = [], []
+        if device_id is not None:
+            where.append("device_id = ?")
+            params.append(device_id)
+        if cmd_id is not None:
+            where.append("cmd_id = ?")
+            params.append(cmd_id)
+        sql = "SELECT * FROM acks" + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY id"
+        return [self._ack(r) for r in self._all(sql, tuple(params))]
+
+    def last_desired_ack(self, device_id: str, version: int) -> dict[str, Any] | None:
+        row = self._one(
+            "SELECT * FROM acks WHERE device_id = ? AND version = ? ORDER BY id DESC LIMIT 1", (device_id, version)
+        )
+        return None if row is None else self._ack(row)
+
+    # --- events --------------------------------------------------------------------------
+
+    def add_event(
+        self,
+        kind: str,
+        at: float,
+        *,
+        account_id: int | None = None,
+        device_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
+        cur = self._x(
+            "INSERT INTO events (at, kind, account_id, device_id, detail) VALUES (?, ?, ?, ?, ?)",
+            (at, kind, account_id, device_id, json.dumps(detail or {}, separators=(",", ":"))),
+        )
+        return int(cur.lastrowid or 0)
+
+    def events(
+        self,
+        *,
+        account_id: int | None = None,
+        device_id: str | None = None,
+        kind: str | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The newest `limit` events matching the filters, oldest first."""
+        where, params = [], []
+        for col, val in (("account_id", account_id), ("device_id", device_id), ("kind", kind)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                params.append(val)
+        sql = "SELECT * FROM events" + (" WHERE " + " AND ".join(where) if where else "")
+        rows = self._all(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))
+        for r in rows:
+            r["detail"] = json.loads(r["detail"])
+        return rows[::-1]

@@ -1,0 +1,113 @@
+"""The registry's database schema, as numbered migrations.
+
+`schema_version` records every migration applied; `registry.Registry` applies the missing
+ones in order inside one transaction when it opens a database. Migrations are append-only:
+never edit a released one, add the next number. The SQL sticks to what SQLite and
+PostgreSQL share (REAL Unix-second timestamps, INTEGER money in cents, TEXT JSON details)
+so a PostgreSQL backend behind `postgresql://` can reuse it with a few dialect
+substitutions (`INTEGER PRIMARY KEY` -> identity columns).
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str, str]] = [
+    (
+        1,
+        "accounts, devices, status, desired state, acks, commands, events",
+        """
+        CREATE TABLE accounts (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            balance_cents INTEGER NOT NULL,
+            state TEXT NOT NULL CHECK (state IN
+                ('active', 'suspended', 'sleep', 'deep_sleep', 'deletion_eligible', 'deleted')),
+            state_since REAL NOT NULL,
+            created REAL NOT NULL
+        );
+
+        CREATE TABLE devices (
+            device_id TEXT PRIMARY KEY,
+            account_id INTEGER REFERENCES accounts(id),
+            serial TEXT,
+            created REAL NOT NULL
+        );
+        CREATE INDEX devices_account ON devices(account_id);
+
+        CREATE TABLE device_status (
+            device_id TEXT PRIMARY KEY REFERENCES devices(device_id),
+            status TEXT NOT NULL DEFAULT 'unknown'
+                CHECK (status IN ('unknown', 'online', 'offline', 'dormant')),
+            online INTEGER NOT NULL DEFAULT 0,
+            status_at REAL,
+            status_reason TEXT,
+            last_seen REAL,
+            hb_count INTEGER NOT NULL DEFAULT 0,
+            hb_at REAL,
+            last_seq INTEGER,
+            hb_fw TEXT,
+            hb_uptime_s INTEGER,
+            hb_mode TEXT,
+            hb_desired_version INTEGER,
+            hb_flags INTEGER,
+            hb_temperature_c REAL,
+            hb_signal_dbm INTEGER,
+            hb_free_heap INTEGER,
+            hb_interval_s REAL,
+            applied_version INTEGER NOT NULL DEFAULT 0,
+            applied_at REAL
+        );
+
+        CREATE TABLE desired (
+            device_id TEXT PRIMARY KEY REFERENCES devices(device_id),
+            version INTEGER NOT NULL CHECK (version >= 1),
+            mode TEXT NOT NULL,
+            created REAL NOT NULL,
+            published_at REAL
+        );
+
+        CREATE TABLE commands (
+            id TEXT PRIMARY KEY,
+            device_id TEXT NOT NULL REFERENCES devices(device_id),
+            op TEXT NOT NULL,
+            arg TEXT,
+            exp INTEGER,
+            sent_at REAL NOT NULL
+        );
+
+        CREATE TABLE acks (
+            id INTEGER PRIMARY KEY,
+            device_id TEXT NOT NULL,
+            cmd_id TEXT,
+            version INTEGER,
+            ok INTEGER NOT NULL,
+            err TEXT,
+            res TEXT,
+            at REAL NOT NULL,
+            CHECK ((cmd_id IS NULL) <> (version IS NULL))
+        );
+        CREATE INDEX acks_cmd ON acks(cmd_id);
+        CREATE INDEX acks_device ON acks(device_id, id);
+
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            account_id INTEGER,
+            device_id TEXT,
+            detail TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX events_account ON events(account_id, id);
+        CREATE INDEX events_device ON events(device_id, id);
+        """,
+    ),
+]
+
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+VERSION_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_version (
+    version INTEGER PRIMARY KEY,
+    description TEXT NOT NULL,
+    applied_at REAL NOT NULL
+)
+"""
