@@ -7,6 +7,7 @@ every integration test runs unchanged on the embedded broker and on Mosquitto.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import socket
@@ -103,10 +104,9 @@ class EmbeddedBroker:
         if not self._loop or not self._broker:
             return
         fut = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
-        try:
+        # shutdown of a broker with dead clients may complain; it is down anyway
+        with contextlib.suppress(Exception):
             fut.result(10)
-        except Exception:  # shutdown of a broker with dead clients may complain; it is down anyway
-            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread:
             self._thread.join(10)

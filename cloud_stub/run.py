@@ -1,0 +1,90 @@
+"""Run the cloud with a broker in one call: what `simsock cloud serve` and the demo use.
+
+    with serve(broker="embedded", db="sqlite:///cloud.db") as served:
+        print(served.broker_url)          # units and `simsock account …` connect here
+        served.cloud.create_account("acme", 2000)
+
+`broker` is `embedded` (amqtt in this process), `mosquitto` (a private Mosquitto process
+on a loopback port) or `mqtt://host:port` (a broker someone else runs).
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from cloud_stub.broker import EmbeddedBroker, MosquittoBroker
+from cloud_stub.registry import DEFAULT_DB_URL
+from cloud_stub.service import BrokerURLError, Cloud, parse_broker_url
+
+BROKER_KINDS = ("embedded", "mosquitto")
+
+
+@dataclass
+class Served:
+    cloud: Cloud
+    broker_url: str
+    broker: EmbeddedBroker | MosquittoBroker | None  # the broker we started, None for mqtt://
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def start_broker(kind: str, host: str = "127.0.0.1", port: int | None = None) -> EmbeddedBroker | MosquittoBroker:
+    """Start an embedded or Mosquitto broker; RuntimeError with a plain reason if it cannot."""
+    if kind not in BROKER_KINDS:
+        raise BrokerURLError(f"unknown broker {kind!r}: embedded, mosquitto or mqtt://host:port")
+    if port is not None and not _port_free(host, port):
+        raise RuntimeError(f"port {host}:{port} is already in use (another broker? choose --port, "
+                           f"or --broker mqtt://{host}:{port} to use the one running there)")
+    if kind == "mosquitto" and not MosquittoBroker.available():
+        raise RuntimeError("mosquitto is not installed (apt-get install -y mosquitto)")
+    b: EmbeddedBroker | MosquittoBroker = (
+        EmbeddedBroker(host, port) if kind == "embedded" else MosquittoBroker(host, port)
+    )
+    b.start()
+    return b
+
+
+@contextmanager
+def serve(
+    broker: str = "embedded",
+    db: str = DEFAULT_DB_URL,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    connect_timeout: float = 10.0,
+    **cloud_options: Any,
+) -> Iterator[Served]:
+    """Start the broker (unless given by URL) and a connected Cloud; stop both on exit.
+
+    `port` applies to a broker started here (default: a free port). `cloud_options` go to
+    `Cloud(...)` (hb_interval, hb_timeout, hb_timeout_factor, sweep_interval, clock, …).
+    """
+    own = None
+    if broker in BROKER_KINDS:
+        own = start_broker(broker, host, port)
+        url = own.url
+    else:
+        parse_broker_url(broker)
+        url = broker
+    try:
+        cloud = Cloud(url, db, **cloud_options)
+        try:
+            cloud.start(connect_timeout)
+            yield Served(cloud, url, own)
+        finally:
+            cloud.close()
+    finally:
+        if own is not None:
+            own.stop()

@@ -1,0 +1,524 @@
+"""The cloud: MQTT ingestion, desired-state publishing, commands, convergence.
+
+    with Cloud("mqtt://127.0.0.1:1883", "sqlite:///cloud.db", hb_interval=5) as cloud:
+        acct = cloud.create_account("acme", balance_cents=2000)
+        cloud.add_device(acct.id, "dev-1")
+        cloud.charge(acct.id, 2500)                  # -> suspended, desired {v, mode} published
+        cloud.wait_converged(acct.id, timeout=30)
+
+One paho-mqtt client (clean session; its network thread runs every callback), one sweeper
+thread (heartbeat timeouts, desired states another process stored but did not publish),
+and the registry (SQLite) as the only state: every query reads the database, so
+`simsock account …` commands run in another process are seen at once.
+
+Ingestion (topics of docs/protocol.md):
+
+- `hb`: decoded, counted, stored as the device's last heartbeat; `last_seen`; its
+  desired version is what the unit has applied. The heartbeat interval is learnt per
+  device from consecutive sequence numbers (smoothed); until then `hb_interval` applies.
+- `status` (retained): `online` / `offline` / `dormant`, including last wills. A retained
+  `online` that the cloud receives on (re)subscribing does not revive a device the
+  heartbeat timeout already marked offline (it is the stale word of a dead connection).
+- heartbeat timeout: an `online` device silent for `hb_timeout` seconds (default
+  `hb_timeout_factor` × its heartbeat interval), counted from the later of its last
+  message and the moment the cloud (re)connected, becomes `offline` (reason
+  `hb_timeout`). A heartbeat from an `offline` device brings it back (`online` if it
+  reports active mode, else `dormant`): a will can overtake a reconnect.
+- `ack`: command acks and desired-state acks; an ok desired ack sets the applied version.
+- `alert`: stored as an event.
+
+A device has converged when the version it last reported applied (ack or heartbeat) is
+at least its latest desired version. Acks the cloud misses while it is disconnected are
+not lost for convergence: the next heartbeat carries the applied version.
+
+Listeners (`add_listener`) get a `CloudEvent` for every ingested message and change;
+they run on the MQTT thread and must return quickly (queue the event for a UI).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+
+from cloud_stub import protocol
+from cloud_stub.accounts import Account, Accounts, Change, Clock, Desired, format_cents
+from cloud_stub.registry import DEFAULT_DB_URL, NotFound, Registry
+
+log = logging.getLogger("simsock.cloud")
+
+HB_EWMA = 0.3  # weight of the newest gap in the learnt heartbeat interval
+
+
+class BrokerURLError(ValueError):
+    pass
+
+
+def parse_broker_url(url: str) -> tuple[str, int]:
+    """`mqtt://host[:port]` -> (host, port); BrokerURLError for anything else."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise BrokerURLError(f"bad broker URL {url!r}: {exc}") from None
+    if parts.scheme == "mqtts":
+        raise BrokerURLError(f"bad broker URL {url!r}: TLS (mqtts://) comes with step 2; use mqtt://host:port")
+    if parts.scheme != "mqtt" or not parts.hostname or parts.path not in ("", "/") or parts.query:
+        raise BrokerURLError(f"bad broker URL {url!r}: expected mqtt://host:port")
+    return parts.hostname, port or 1883
+
+
+@dataclass(frozen=True)
+class CloudEvent:
+    """Something the cloud saw or did. kind: hb, status, ack, alert, desired, cmd, account, connection."""
+
+    kind: str
+    device_id: str | None
+    at: float
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+Listener = Callable[[CloudEvent], None]
+
+
+class Cloud:
+    def __init__(
+        self,
+        broker_url: str,
+        db: str | Registry = DEFAULT_DB_URL,
+        *,
+        hb_interval: float = 300.0,
+        hb_timeout_factor: float = 2.5,
+        hb_timeout: float | None = None,
+        sweep_interval: float = 1.0,
+        client_id: str | None = None,
+        keepalive: int = 30,
+        reconnect_delay: tuple[float, float] = (0.2, 5.0),
+        clock: Clock = time.time,
+    ) -> None:
+        self.broker_url = broker_url
+        self.host, self.port = parse_broker_url(broker_url)
+        if hb_interval <= 0 or hb_timeout_factor <= 1 or (hb_timeout is not None and hb_timeout <= 0):
+            raise ValueError("hb_interval and hb_timeout must be > 0, hb_timeout_factor > 1")
+        self._own_registry = not isinstance(db, Registry)
+        self.registry = Registry(db) if isinstance(db, str) else db
+        self.hb_interval = hb_interval
+        self.hb_timeout_factor = hb_timeout_factor
+        self.hb_timeout = hb_timeout
+        self.sweep_interval = sweep_interval
+        self.client_id = client_id or f"simsock-cloud-{uuid.uuid4().hex[:8]}"
+        self.keepalive = keepalive
+        self.reconnect_delay = reconnect_delay
+        self.clock = clock
+        self.accounts = Accounts(self.registry, publish=self._publish_desired, clock=clock)
+
+        self._client: mqtt.Client | None = None
+        self._connected = threading.Event()
+        self._stopping = threading.Event()
+        self._sweeper: threading.Thread | None = None
+        self._changed = threading.Condition()
+        self._listeners: list[Listener] = []
+        self._listeners_lock = threading.Lock()
+        self._listening_since = 0.0
+        self.connections = 0  # how many times the MQTT connection came up
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> Cloud:
+        """Connect to the broker and start ingesting; ConnectionError if not connected in `timeout`."""
+        if self._client is not None:
+            return self
+        self._stopping.clear()
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=True,
+                        protocol=mqtt.MQTTv311)
+        c.reconnect_delay_set(*self.reconnect_delay)  # type: ignore[arg-type]  # floats work
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        self._client = c
+        c.connect_async(self.host, self.port, keepalive=self.keepalive)
+        c.loop_start()
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="simsock-cloud-sweeper", daemon=True)
+        self._sweeper.start()
+        if not self._connected.wait(timeout):
+            self.stop()
+            raise ConnectionError(f"cannot reach the MQTT broker at {self.broker_url} within {timeout:g}s")
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        c, self._client = self._client, None
+        if c is not None:
+            try:
+                c.disconnect()
+            finally:
+                c.loop_stop()
+        if self._sweeper is not None:
+            self._sweeper.join(5)
+            self._sweeper = None
+        self._connected.clear()
+        with self._changed:
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """stop() and close the registry if the cloud opened it."""
+        self.stop()
+        if self._own_registry:
+            self.registry.close()
+
+    def __enter__(self) -> Cloud:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # --- listeners -----------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener(event)` for every CloudEvent; returns a function that removes it."""
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+        def remove() -> None:
+            with self._listeners_lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return remove
+
+    def _fire(self, kind: str, device_id: str | None, **data: Any) -> None:
+        event = CloudEvent(kind, device_id, self.clock(), data)
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("cloud listener failed on %s", kind)
+        with self._changed:
+            self._changed.notify_all()
+
+    # --- MQTT callbacks (paho's network thread) ------------------------------------------
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.warning("broker %s refused the connection: %s", self.broker_url, reason_code)
+            return
+        for leaf in protocol.UNIT_TO_CLOUD:
+            client.subscribe(protocol.subscription(leaf), qos=1)
+        self._listening_since = self.clock()
+        self.connections += 1
+        self._connected.set()
+        n = self.republish_all()
+        log.info("connected to %s (connection %d), re-published %d desired states", self.broker_url,
+                 self.connections, n)
+        self._fire("connection", None, connected=True, republished=n, connections=self.connections)
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was and not self._stopping.is_set():
+            log.warning("lost the broker %s (%s); reconnecting", self.broker_url, reason_code)
+        self._fire("connection", None, connected=False, reason=str(reason_code))
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        try:
+            device_id, leaf = protocol.parse_topic(msg.topic)
+            handler = {
+                "hb": self._ingest_hb,
+                "status": self._ingest_status,
+                "ack": self._ingest_ack,
+                "alert": self._ingest_alert,
+            }.get(leaf)
+            if handler is not None:
+                handler(device_id, bytes(msg.payload), bool(msg.retain))
+        except protocol.ProtocolError as exc:
+            log.warning("dropped message on %s: %s", msg.topic, exc)
+        except Exception:  # never let one message kill the ingestion thread
+            log.exception("failed to ingest a message on %s", msg.topic)
+
+    # --- ingestion -----------------------------------------------------------------------
+
+    def _seen(self, reg: Registry, device_id: str, now: float) -> None:
+        if reg.ensure_device(device_id, now):
+            reg.add_event("device.unknown", now, device_id=device_id, detail={"note": "first message, no account"})
+
+    def _ingest_hb(self, device_id: str, payload: bytes, retained: bool) -> None:
+        if retained:
+            raise protocol.ProtocolError("retained heartbeat (heartbeats are never retained)")
+        hb = protocol.decode_heartbeat(payload)
+        now = self.clock()
+        status_change: tuple[str, str] | None = None
+        with self.registry.transaction() as reg:
+            self._seen(reg, device_id, now)
+            st = reg.status(device_id) or {}
+            interval = None
+            if st.get("last_seq") is not None and st.get("hb_at") and hb.seq == (st["last_seq"] + 1) & 0xFFFFFFFF:
+                gap = now - st["hb_at"]
+                old = st.get("hb_interval_s")
+                interval = gap if old is None else (1 - HB_EWMA) * old + HB_EWMA * gap
+            fields = {
+                "seq": hb.seq, "fw": hb.fw_version, "uptime_s": hb.uptime_s, "mode": hb.mode,
+                "desired_version": hb.desired_version, "flags": hb.flags, "temperature_c": hb.temperature_c,
+                "signal_dbm": hb.signal_dbm, "free_heap": hb.free_heap,
+            }
+            reg.record_heartbeat(device_id, fields, now, interval)
+            if st.get("applied_version") != hb.desired_version:
+                reg.set_applied(device_id, hb.desired_version, now)
+            if st.get("status", "unknown") in ("unknown", "offline"):
+                new = "online" if hb.mode == "active" else "dormant"
+                reg.set_status(device_id, new, now, "heartbeat")
+                reg.add_event("device.status", now, device_id=device_id,
+                              detail={"from": st.get("status", "unknown"), "to": new, "reason": "heartbeat"})
+                status_change = (st.get("status", "unknown"), new)
+        self._fire("hb", device_id, **hb.to_dict())
+        if status_change:
+            self._fire("status", device_id, old=status_change[0], status=status_change[1], reason="heartbeat")
+
+    def _ingest_status(self, device_id: str, payload: bytes, retained: bool) -> None:
+        status = protocol.parse_status(payload)
+        now = self.clock()
+        with self.registry.transaction() as reg:
+            self._seen(reg, device_id, now)
+            st = reg.status(device_id) or {}
+            old = st.get("status", "unknown")
+            if not retained:
+                reg.touch(device_id, now)
+            if retained and status == "online" and old == "offline" and st.get("status_reason") == "hb_timeout":
+                return  # stale retained word of a connection the timeout already buried
+            if old == status:
+                return
+            reason = "retained status" if retained else "status"
+            reg.set_status(device_id, status, now, reason)
+            reg.add_event("device.status", now, device_id=device_id,
+                          detail={"from": old, "to": status, "reason": reason})
+        self._fire("status", device_id, old=old, status=status, reason=reason)
+
+    def _ingest_ack(self, device_id: str, payload: bytes, retained: bool) -> None:
+        ack = protocol.parse_ack(payload)
+        now = self.clock()
+        with self.registry.transaction() as reg:
+            self._seen(reg, device_id, now)
+            if not retained:
+                reg.touch(device_id, now)
+            if isinstance(ack, protocol.CommandAck):
+                reg.insert_ack(device_id, ok=ack.ok, at=now, cmd_id=ack.id, err=ack.err, res=ack.res)
+            else:
+                reg.insert_ack(device_id, ok=ack.ok, at=now, version=ack.dv, err=ack.err)
+                if ack.ok:
+                    reg.set_applied(device_id, ack.dv, now)
+                reg.add_event("desired.ack", now, device_id=device_id,
+                              detail={"v": ack.dv, "ok": ack.ok, "mode": ack.mode, "err": ack.err})
+        if isinstance(ack, protocol.CommandAck):
+            self._fire("ack", device_id, id=ack.id, ok=ack.ok, res=ack.res, err=ack.err)
+        else:
+            self._fire("ack", device_id, dv=ack.dv, ok=ack.ok, mode=ack.mode, err=ack.err)
+
+    def _ingest_alert(self, device_id: str, payload: bytes, retained: bool) -> None:
+        alert = protocol.parse_alert(payload)
+        now = self.clock()
+        with self.registry.transaction() as reg:
+            self._seen(reg, device_id, now)
+            if not retained:
+                reg.touch(device_id, now)
+            reg.add_event("device.alert", now, device_id=device_id, detail=alert)
+        self._fire("alert", device_id, **alert)
+
+    # --- heartbeat timeout and pending publishes -----------------------------------------
+
+    def hb_timeout_for(self, status_row: dict[str, Any]) -> float:
+        if self.hb_timeout is not None:
+            return self.hb_timeout
+        return self.hb_timeout_factor * (status_row.get("hb_interval_s") or self.hb_interval)
+
+    def _sweep_loop(self) -> None:
+        while not self._stopping.wait(self.sweep_interval):
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("cloud sweep failed")
+
+    def sweep(self) -> None:
+        """One pass: time out silent online devices, publish desired states stored unpublished."""
+        if not self.connected:
+            return  # silence while we cannot hear is not the units' fault
+        now = self.clock()
+        for st in self.registry.online_devices():
+            since = max(st.get("last_seen") or 0.0, self._listening_since)
+            timeout = self.hb_timeout_for(st)
+            if now - since <= timeout:
+                continue
+            with self.registry.transaction() as reg:
+                cur = reg.status(st["device_id"])
+                if not cur or cur["status"] != "online" or (cur.get("last_seen") or 0) != (st.get("last_seen") or 0):
+                    continue  # changed meanwhile
+                reg.set_status(st["device_id"], "offline", now, "hb_timeout")
+                reg.add_event("device.status", now, device_id=st["device_id"],
+                              detail={"from": "online", "to": "offline", "reason": "hb_timeout",
+                                      "silent_s": round(now - since, 3), "timeout_s": timeout})
+            self._fire("status", st["device_id"], old="online", status="offline", reason="hb_timeout")
+        for d in self.registry.all_desired(unpublished_only=True):
+            self._publish_and_mark(Desired(d["device_id"], d["version"], d["mode"]))
+
+    # --- desired state -------------------------------------------------------------------
+
+    def _publish_desired(self, d: Desired) -> bool:
+        c = self._client
+        if c is None or not self.connected:
+            return False
+        info = c.publish(protocol.topic(d.device_id, "desired"), d.payload(), qos=1, retain=True)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        self._fire("desired", d.device_id, v=d.version, mode=d.mode)
+        return True
+
+    def _publish_and_mark(self, d: Desired) -> bool:
+        if self._publish_desired(d):
+            self.registry.mark_published(d.device_id, d.version, self.clock())
+            return True
+        return False
+
+    def publish_desired(self, device_id: str) -> bool:
+        """(Re-)publish one device's current desired state; False if there is none or no connection."""
+        row = self.registry.desired(device_id)
+        return bool(row) and self._publish_and_mark(Desired(device_id, row["version"], row["mode"]))
+
+    def republish_all(self) -> int:
+        """Publish every stored desired state again (retained); returns how many went out."""
+        return sum(self._publish_and_mark(Desired(r["device_id"], r["version"], r["mode"]))
+                   for r in self.registry.all_desired())
+
+    # --- accounts (thin wrappers that also tell listeners) -------------------------------
+
+    def create_account(self, name: str, balance_cents: int = 0) -> Account:
+        account = self.accounts.create(name, balance_cents)
+        self._fire("account", None, account_id=account.id, state=account.state, balance_cents=account.balance_cents)
+        return account
+
+    def add_device(self, account: int | str, device_id: str, serial: str | None = None) -> Change:
+        return self._account_change(self.accounts.add_device(account, device_id, serial))
+
+    def charge(self, account: int | str, amount_cents: int, reason: str | None = None) -> Change:
+        return self._account_change(self.accounts.charge(account, amount_cents, reason))
+
+    def top_up(self, account: int | str, amount_cents: int, reason: str | None = None) -> Change:
+        return self._account_change(self.accounts.top_up(account, amount_cents, reason))
+
+    def _account_change(self, change: Change) -> Change:
+        a = change.account
+        self._fire("account", None, account_id=a.id, state=a.state, old_state=change.old_state,
+                   balance_cents=a.balance_cents, desired=[d.__dict__ for d in change.desired])
+        return change
+
+    # --- commands ------------------------------------------------------------------------
+
+    def send_command(self, device_id: str, op: str, arg: str | None = None, exp: int | None = None) -> str:
+        """Publish a command (QoS 1, never retained) and return its id; see wait_ack()."""
+        if self.registry.device_row(device_id) is None:
+            raise NotFound(f"unknown device {device_id!r}")
+        cmd_id = protocol.new_command_id()
+        payload = protocol.encode_command(cmd_id, op, arg, exp)
+        c = self._client
+        if c is None or not self.connected:
+            raise ConnectionError(f"not connected to the broker {self.broker_url}")
+        now = self.clock()
+        with self.registry.transaction() as reg:
+            reg.insert_command(cmd_id, device_id, op, arg, exp, now)
+        info = c.publish(protocol.topic(device_id, "cmd"), payload, qos=1, retain=False)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise ConnectionError(f"could not publish the command: {mqtt.error_string(info.rc)}")
+        self._fire("cmd", device_id, id=cmd_id, op=op, arg=arg, exp=exp)
+        return cmd_id
+
+    def wait_ack(self, cmd_id: str, timeout: float = 10.0) -> dict[str, Any] | None:
+        """The first ack of command `cmd_id` (dict: ok, err, res, at, …), or None on timeout."""
+        found: list[dict[str, Any]] = []
+
+        def acked() -> bool:
+            found[:] = self.registry.acks(cmd_id=cmd_id)
+            return bool(found)
+
+        return found[0] if self.wait_for(acked, timeout) else None
+
+    # --- queries -------------------------------------------------------------------------
+
+    @staticmethod
+    def _device_view(row: dict[str, Any]) -> dict[str, Any]:
+        row["online"] = bool(row.get("online"))
+        row["status"] = row.get("status") or "unknown"
+        row["applied_version"] = row.get("applied_version") or 0
+        dv = row.get("desired_version")
+        row["converged"] = dv is None or row["applied_version"] >= dv
+        return row
+
+    def devices(self, account: int | str | None = None) -> list[dict[str, Any]]:
+        """Every device (or an account's) with status, last heartbeat, desired/applied versions, converged."""
+        account_id = None if account is None else self.registry.find_account(account)["id"]
+        return [self._device_view(r) for r in self.registry.devices(account_id)]
+
+    def device(self, device_id: str) -> dict[str, Any] | None:
+        row = self.registry.device(device_id)
+        return None if row is None else self._device_view(row)
+
+    def account(self, account: int | str) -> dict[str, Any] | None:
+        try:
+            a = self.accounts.get(account)
+        except NotFound:
+            return None
+        return {**a.to_dict(), "devices": self.registry.device_ids(a.id), "convergence": self.convergence(a.id)}
+
+    def convergence(self, account: int | str) -> dict[str, list[str]]:
+        """{'converged': [device ids], 'pending': [device ids]} for one account (NotFound if unknown)."""
+        out: dict[str, list[str]] = {"converged": [], "pending": []}
+        for d in self.devices(account):
+            out["converged" if d["converged"] else "pending"].append(d["device_id"])
+        return out
+
+    def heartbeat_count(self, device_id: str | None = None) -> int:
+        return self.registry.heartbeat_count(device_id)
+
+    def acks(self, device_id: str | None = None) -> list[dict[str, Any]]:
+        return self.registry.acks(device_id=device_id)
+
+    def events(self, **filters: Any) -> list[dict[str, Any]]:
+        return self.registry.events(**filters)
+
+    # --- waiting -------------------------------------------------------------------------
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Re-check `predicate` on every change (and every 0.1 s) until true or `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if predicate():
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with self._changed:
+                self._changed.wait(min(remaining, 0.1))
+
+    def wait_connected(self, timeout: float = 10.0) -> bool:
+        return self._connected.wait(timeout)
+
+    def wait_heartbeats(self, device_id: str, count: int = 1, timeout: float = 10.0) -> bool:
+        return self.wait_for(lambda: self.heartbeat_count(device_id) >= count, timeout)
+
+    def wait_status(self, device_id: str, status: str, timeout: float = 10.0) -> bool:
+        return self.wait_for(lambda: (self.device(device_id) or {}).get("status") == status, timeout)
+
+    def wait_converged(self, account: int | str, timeout: float = 30.0) -> bool:
+        return self.wait_for(lambda: not self.convergence(account)["pending"], timeout)
+
+
+__all__ = ["BrokerURLError", "Cloud", "CloudEvent", "format_cents", "parse_broker_url"]
