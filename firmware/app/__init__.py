@@ -1,0 +1,1 @@
+"""The simsock application: everything above the board layer."""
