@@ -48,7 +48,7 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
-from cloud_stub import protocol
+from cloud_stub import protocol, views
 from cloud_stub.accounts import Account, Accounts, Change, Clock, Desired, format_cents
 from cloud_stub.registry import DEFAULT_DB_URL, NotFound, Registry
 
@@ -453,37 +453,20 @@ class Cloud:
 
     # --- queries -------------------------------------------------------------------------
 
-    @staticmethod
-    def _device_view(row: dict[str, Any]) -> dict[str, Any]:
-        row["online"] = bool(row.get("online"))
-        row["status"] = row.get("status") or "unknown"
-        row["applied_version"] = row.get("applied_version") or 0
-        dv = row.get("desired_version")
-        row["converged"] = dv is None or row["applied_version"] >= dv
-        return row
-
     def devices(self, account: int | str | None = None) -> list[dict[str, Any]]:
         """Every device (or an account's) with status, last heartbeat, desired/applied versions, converged."""
-        account_id = None if account is None else self.registry.find_account(account)["id"]
-        return [self._device_view(r) for r in self.registry.devices(account_id)]
+        return views.devices(self.registry, account)
 
     def device(self, device_id: str) -> dict[str, Any] | None:
-        row = self.registry.device(device_id)
-        return None if row is None else self._device_view(row)
+        return views.device(self.registry, device_id)
 
     def account(self, account: int | str) -> dict[str, Any] | None:
-        try:
-            a = self.accounts.get(account)
-        except NotFound:
-            return None
-        return {**a.to_dict(), "devices": self.registry.device_ids(a.id), "convergence": self.convergence(a.id)}
+        """The account (balance, state, mode), its device ids and convergence; None if unknown."""
+        return views.account(self.registry, account)
 
     def convergence(self, account: int | str) -> dict[str, list[str]]:
         """{'converged': [device ids], 'pending': [device ids]} for one account (NotFound if unknown)."""
-        out: dict[str, list[str]] = {"converged": [], "pending": []}
-        for d in self.devices(account):
-            out["converged" if d["converged"] else "pending"].append(d["device_id"])
-        return out
+        return views.convergence(self.registry, account)
 
     def heartbeat_count(self, device_id: str | None = None) -> int:
         return self.registry.heartbeat_count(device_id)

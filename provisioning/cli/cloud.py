@@ -1,0 +1,98 @@
+"""`simsock cloud …`: run the local cloud stand-in."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from cloud_stub.registry import DEFAULT_DB_URL, RegistryError
+from cloud_stub.run import serve
+from cloud_stub.service import BrokerURLError, CloudEvent
+from provisioning.cli import app
+
+cloud_app = typer.Typer(no_args_is_help=True, help="The local cloud: registry, MQTT ingestion, desired state.")
+app.add_typer(cloud_app, name="cloud")
+
+DbOption = Annotated[
+    str, typer.Option("--db", envvar="SIMSOCK_DB", help="Database URL (sqlite:///path.db).", show_default=True)
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}")
+    return typer.Exit(code)
+
+
+def _event_line(e: CloudEvent) -> str:
+    d: dict[str, Any] = e.data
+    dev = f"[cyan]{escape(e.device_id)}[/] " if e.device_id else ""
+    if e.kind == "hb":
+        return (f"[dim]hb[/]     {dev}seq={d['seq']} mode={d['mode']} dv={d['desired_version']} "
+                f"relay={'on' if d['relay_on'] else 'off'} fw={d['fw']}")
+    if e.kind == "status":
+        return f"[yellow]status[/] {dev}{d.get('old')} -> [bold]{d['status']}[/] ({d.get('reason')})"
+    if e.kind == "ack":
+        what = f"cmd {d['id']}" if "id" in d else f"desired v{d['dv']}"
+        ok = "[green]ok[/]" if d["ok"] else f"[red]refused[/] {escape(str(d.get('err')))}"
+        return f"[green]ack[/]    {dev}{what} {ok}"
+    if e.kind == "desired":
+        return f"[magenta]desired[/] {dev}v{d['v']} {d['mode']}"
+    if e.kind == "connection":
+        if d.get("connected"):
+            return f"[blue]broker[/] connected (re-published {d.get('republished', 0)} desired states)"
+        return f"[red]broker[/] connection lost ({escape(str(d.get('reason')))}), reconnecting"
+    return f"{e.kind:<7}{dev}{escape(str(d))}"
+
+
+@cloud_app.command("serve")
+def serve_cmd(
+    broker: Annotated[
+        str, typer.Option(help="embedded (amqtt in-process), mosquitto (private process) or mqtt://host:port.")
+    ] = "embedded",
+    port: Annotated[int, typer.Option(help="Port of the broker started here (embedded/mosquitto).")] = 1883,
+    host: Annotated[str, typer.Option(help="Address of the broker started here.")] = "127.0.0.1",
+    db: DbOption = DEFAULT_DB_URL,
+    hb_interval: Annotated[
+        float, typer.Option(help="Heartbeat interval (s) assumed until a unit's own is learnt.")
+    ] = 300.0,
+    hb_timeout: Annotated[
+        float | None,
+        typer.Option(help="Fixed heartbeat timeout (s); default 2.5 x each unit's heartbeat interval."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print live events.")] = False,
+) -> None:
+    """Run the cloud (and a broker) until Ctrl-C."""
+    console = Console()
+    if (hb_timeout is not None and hb_timeout <= 0) or hb_interval <= 0:
+        raise fail("--hb-interval and --hb-timeout must be greater than zero")
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then has no KeyboardInterrupt
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with serve(broker, db, host=host, port=port, hb_interval=hb_interval, hb_timeout=hb_timeout) as served:
+            console.print(f"[bold]simsock cloud[/] broker [green]{served.broker_url}[/]  db {escape(db)}")
+            console.print("Ctrl-C to stop.", style="dim")
+            remove = served.cloud.add_listener(lambda e: console.print(_event_line(e), highlight=False))
+            if quiet:
+                remove()
+            try:
+                while not stop.wait(0.5):
+                    pass
+            except KeyboardInterrupt:
+                pass
+            remove()
+            console.print("stopping…", style="dim")
+    except (BrokerURLError, RegistryError, ConnectionError, RuntimeError) as exc:
+        raise fail(str(exc)) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
