@@ -28,6 +28,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -207,8 +208,18 @@ class VirtualUnit:
         except FileNotFoundError:
             return dict(DEFAULT_INPUTS)
 
-    def set_inputs(self, mains: bool | None = None, temp_c: float | None = None, signal_dbm: int | None = None) -> None:
-        """Change the given inputs (None = leave as is); the file is replaced atomically."""
+    def set_inputs(
+        self,
+        mains: bool | None = None,
+        temp_c: float | None = None,
+        signal_dbm: int | None = None,
+        *,
+        unknown: Iterable[str] = (),
+    ) -> None:
+        """Change the given inputs (None = leave as is); the file is replaced atomically.
+
+        `unknown=("temp_c",)` writes null: the sensor (or the modem's signal) reads nothing.
+        """
         cur = self.inputs()
         if mains is not None:
             cur["mains"] = bool(mains)
@@ -216,6 +227,10 @@ class VirtualUnit:
             cur["temp_c"] = float(temp_c)
         if signal_dbm is not None:
             cur["signal_dbm"] = int(signal_dbm)
+        for key in unknown:
+            if key not in ("temp_c", "signal_dbm"):
+                raise ValueError(f"only temp_c and signal_dbm can be unknown, not {key!r}")
+            cur[key] = None
         self.sim.mkdir(parents=True, exist_ok=True)
         _write_json_atomic(self.sim / "in.json", cur)
 

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -154,16 +155,25 @@ def test_restart_is_a_power_cycle(standin_unit: UnitFactory) -> None:
     u.stop()
 
 
-def test_stop_escalates_to_sigkill(standin_unit: UnitFactory) -> None:
-    u = standin_unit()
-    u.start()
-    u.wait_log(r"boot 1 ", 10)
-    assert u.pid is not None
-    os.kill(u.pid, signal.SIGSTOP)  # a stopped process does not act on SIGTERM
-    t0 = time.monotonic()
-    u.stop(timeout=0.5)
-    assert u.returncode == -signal.SIGKILL
-    assert time.monotonic() - t0 < 5
+class _DeafUnit(VirtualUnit):
+    """A "firmware" that ignores SIGTERM (MicroPython scripts cannot set signal handlers)."""
+
+    def command(self) -> list[str]:
+        code = (
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('deaf', flush=True); time.sleep(60)"
+        )
+        return [sys.executable, "-c", code]
+
+
+def test_stop_escalates_to_sigkill(tmp_path: Path) -> None:
+    with _DeafUnit(tmp_path / "deaf", "deaf-1") as u:
+        u.start()
+        u.wait_log(r"^deaf$", 10)
+        t0 = time.monotonic()
+        u.stop(timeout=0.5)
+        assert u.returncode == -signal.SIGKILL and not u.is_running
+        assert 0.4 < time.monotonic() - t0 < 5
 
 
 def test_stop_while_rebooting_in_a_loop_leaves_nothing(standin_unit: UnitFactory, tmp_path: Path) -> None:
@@ -225,6 +235,10 @@ def test_set_inputs_relay_and_state(standin_unit: UnitFactory) -> None:
     u.wait_log(r"inputs mains=False temp_c=-3.5 signal_dbm=-71", 10, since=mark)
     assert u.relay() is False and u.state() == {"boot": 1, "relay": False}
     assert u.inputs() == {"mains": False, "temp_c": -3.5, "signal_dbm": -71}
+    u.set_inputs(unknown=("temp_c", "signal_dbm"))
+    u.wait_log(r"inputs mains=False temp_c=None signal_dbm=None", 10, since=mark)
+    with pytest.raises(ValueError):
+        u.set_inputs(unknown=("mains",))
     u.stop()
 
 
