@@ -384,6 +384,12 @@ class VirtualUnit:
         proc = self._proc
         return proc.poll() if proc is not None else None
 
+    def _down_for_good(self) -> bool:
+        """Its process ended and no reboot is coming (a fresh unit, never started, is not down)."""
+        with self._lock:
+            sup = self._supervisor
+            return self.returncode is not None and (sup is None or not sup.is_alive())
+
     def wait_exit(self, timeout: float) -> int:
         """Wait until the unit is down for good (exited with a code other than 42, or stopped)."""
         deadline = time.monotonic() + timeout
@@ -415,7 +421,9 @@ class VirtualUnit:
     def wait_log(self, pattern: str, timeout: float, since: int | None = None) -> re.Match[str]:
         """Wait for a console line matching `pattern` (re.search, line by line).
 
-        Looks at the console from byte offset `since` (default: its beginning). After a
+        Looks at the console from byte offset `since` (default: its beginning). Gives up
+        early (TimeoutError) when the unit is down for good: exited with a code other than
+        42, stopped or killed; a unit that was never started is waited for. After a
         match, `self.last_offset` is the offset just past the matched line, so
         `wait_log(p2, t, since=unit.last_offset)` waits for something after it.
         """
@@ -424,6 +432,7 @@ class VirtualUnit:
         read_at = base
         pending = b""
         deadline = time.monotonic() + timeout
+        final = False
         while True:
             try:
                 with open(self.console_path, "rb") as f:
@@ -440,15 +449,17 @@ class VirtualUnit:
                 if m is not None:
                     self.last_offset = base
                     return m
-            if time.monotonic() >= deadline:
+            if final or time.monotonic() >= deadline:
                 # a last line without a newline (the process died mid-line) counts too
                 m = rx.search(pending.decode("utf-8", "replace")) if pending else None
                 if m is not None:
                     self.last_offset = read_at
                     return m
-                raise TimeoutError(
-                    f"{self.device_id}: no console line matching {pattern!r} within {timeout}s\n{self._tail_text()}"
-                )
+                why = "before the unit went down" if final else f"within {timeout}s"
+                raise TimeoutError(f"{self.device_id}: no console line matching {pattern!r} {why}\n{self._tail_text()}")
+            if self._down_for_good():
+                final = True  # no more output can come: one last read, then give up without waiting
+                continue
             time.sleep(0.02)
 
     def _tail_text(self) -> str:

@@ -220,6 +220,23 @@ def test_wait_log_timeout_shows_the_last_20_lines(standin_unit: UnitFactory) -> 
     assert len(tail) == 20 and "exiting 0" in tail[-1] and "returncode=0" in str(e.value)
 
 
+def test_wait_log_gives_up_at_once_when_the_unit_is_down(standin_unit: UnitFactory) -> None:
+    u = standin_unit(standin={"exit": 1})
+    u.start()
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="before the unit went down") as e:
+        u.wait_log(r"never printed", 30)
+    assert time.monotonic() - t0 < 5 and "exiting 1" in str(e.value)
+    assert u.wait_log(r"exiting (\d)", 30).group(1) == "1"  # what is there is still found
+
+
+def test_wait_log_keeps_waiting_across_a_reboot(standin_unit: UnitFactory) -> None:
+    u = standin_unit(standin={"reboot_at": [1, 2, 3]})
+    u.start()
+    assert u.wait_log(r"boot (4) ", 10).group(1) == "4"
+    u.stop()
+
+
 # --- simulated I/O -----------------------------------------------------------------------------
 
 
