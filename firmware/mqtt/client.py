@@ -360,8 +360,10 @@ class MQTTClient:
                 w.close()
             except Exception:
                 pass
-            try:
-                w.s.close()  # MicroPython's Stream.close() is lazy; make sure the fd goes
+            try:  # MicroPython's Stream.close() leaves the socket to wait_closed(): close it now
+                sock = getattr(w, "s", None)
+                if sock is not None:
+                    sock.close()
             except Exception:
                 pass
 
@@ -494,6 +496,8 @@ class MQTTClient:
 
     async def _rx_one(self):
         r = self._r
+        if r is None:
+            raise OSError(_ENOTCONN, "not connected")
         b = await r.readexactly(2)
         first = b[0]
         n = b[1] & 0x7F

@@ -6,31 +6,23 @@ follows the fixed header) plus the first byte's flags where they matter.
 Runs under MicroPython and CPython (the host tests import it directly).
 """
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
-
-
-CONNECT = const(0x10)
-CONNACK = const(0x20)
-PUBLISH = const(0x30)
-PUBACK = const(0x40)
-SUBSCRIBE = const(0x80)
-SUBACK = const(0x90)
-UNSUBSCRIBE = const(0xA0)
-UNSUBACK = const(0xB0)
-PINGREQ = const(0xC0)
-PINGRESP = const(0xD0)
-DISCONNECT = const(0xE0)
+CONNECT = 0x10
+CONNACK = 0x20
+PUBLISH = 0x30
+PUBACK = 0x40
+SUBSCRIBE = 0x80
+SUBACK = 0x90
+UNSUBSCRIBE = 0xA0
+UNSUBACK = 0xB0
+PINGREQ = 0xC0
+PINGRESP = 0xD0
+DISCONNECT = 0xE0
 
 PINGREQ_PKT = b"\xc0\x00"
 PINGRESP_PKT = b"\xd0\x00"
 DISCONNECT_PKT = b"\xe0\x00"
 
-MAX_REMAINING = const(268435455)  # 4-byte varint limit
+MAX_REMAINING = 268435455  # 4-byte varint limit
 
 
 def _b(s):
