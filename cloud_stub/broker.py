@@ -103,7 +103,7 @@ class EmbeddedBroker:
     def stop(self) -> None:
         if not self._loop or not self._broker:
             return
-        fut = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
+        fut = asyncio.run_coroutine_threadsafe(_shutdown_amqtt(self._broker), self._loop)
         # shutdown of a broker with dead clients may complain; it is down anyway
         with contextlib.suppress(Exception):
             fut.result(10)
@@ -117,6 +117,28 @@ class EmbeddedBroker:
         self.stop()
         time.sleep(down_seconds)
         self.start()
+
+
+async def _shutdown_amqtt(broker: object) -> None:
+    """Stop amqtt the way a crashed broker stops, then let it clean up.
+
+    1. Close the listeners first, so the port is free for a restart whatever follows.
+    2. Drop every client connection at once (clients see the broker go away at once).
+       Without this amqtt's own shutdown sometimes hangs for good on Python 3.11 while
+       stopping a client handler (asyncio.wait_for can swallow a cancellation), and the
+       port stays bound: restart() then failed with "address already in use".
+    3. amqtt's shutdown, bounded.
+    """
+    for server in list(getattr(broker, "_servers", {}).values()):
+        instance = getattr(server, "instance", None)
+        if instance is not None:
+            instance.close()
+    for _session, handler in list(getattr(broker, "_sessions", {}).values()):
+        stream = getattr(getattr(handler, "writer", None), "_writer", None)
+        transport = getattr(stream, "transport", None)
+        if transport is not None:
+            transport.abort()
+    await asyncio.wait_for(broker.shutdown(), 5)  # type: ignore[attr-defined]
 
 
 class MosquittoBroker:

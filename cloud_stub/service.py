@@ -218,9 +218,9 @@ class Cloud:
         for leaf in protocol.UNIT_TO_CLOUD:
             client.subscribe(protocol.subscription(leaf), qos=1)
         self._listening_since = self.clock()
-        self.connections += 1
         self._connected.set()
         n = self.republish_all()
+        self.connections += 1
         log.info("connected to %s (connection %d), re-published %d desired states", self.broker_url,
                  self.connections, n)
         self._fire("connection", None, connected=True, republished=n, connections=self.connections)
