@@ -30,6 +30,7 @@ _RC_TEXT = (
     "not authorized",
 )
 _STABLE_MS = 60_000  # a connection that stayed up this long resets the backoff
+_OBUF = 256  # outgoing PUBLISH assembly buffer (heartbeats and acks fit; bigger ones go in parts)
 _ENOTCONN = 107
 _ETIMEDOUT = 110
 
@@ -86,7 +87,7 @@ class MQTTClient:
         self._gen = 0  # connection generation: stale tasks notice they are stale
         self._connected = False
         self._stop = False
-        self._wlock = asyncio.Lock()
+        self._wlock = asyncio.Lock()  # held only while a drain is in progress
         self._up = asyncio.Event()  # set while connected (after re-subscribe)
         self._down = asyncio.Event()  # set when a connection drops or on stop
         self._pulse = asyncio.Event()  # pulsed on every ack and on drop
@@ -94,9 +95,9 @@ class MQTTClient:
         self._subs = []  # [topic, qos], renewed on every connect
         self._subacks = {}  # pid -> return codes, until the subscriber picks them up
         self._pid = 0
-        self._hdr = bytearray(7)  # PUBLISH fixed header + topic length
-        self._hdr_mv = memoryview(self._hdr)
-        self._pidb = bytearray(2)
+        # one PUBLISH is assembled here and written at once: one TCP segment, no allocation
+        self._obuf = bytearray(_OBUF)
+        self._obuf_mv = memoryview(self._obuf)
         self._chunk = bytearray(128)  # for discarding oversize packets
         self._tasks = []
         self._last_tx = 0
@@ -255,7 +256,11 @@ class MQTTClient:
         if qos == 0:
             if self._connected:
                 try:
-                    await self._send_pub(topic, payload, 0, retain, False, 0)
+                    if self._wlock.locked():
+                        await self._send_pub(topic, payload, 0, retain, False, 0)
+                    elif self._emit_pub(topic, payload, 0, retain, False, 0):
+                        async with self._wlock:
+                            await self._drain_locked()
                 except OSError:
                     pass
             return 0
@@ -270,7 +275,14 @@ class MQTTClient:
         self._inflight.append(e)
         if self._connected:
             try:
-                await self._send_entry(e)
+                if self._wlock.locked():
+                    await self._send_entry(e)
+                else:  # fast path, no coroutine below this one
+                    e[4] = True
+                    self._expect()
+                    if self._emit_pub(topic, payload, 1, retain, False, pid):
+                        async with self._wlock:
+                            await self._drain_locked()
             except OSError:
                 pass  # resent after reconnect
         return pid
@@ -400,7 +412,45 @@ class MQTTClient:
             self._await_n -= 1
         self._wait_t = time.ticks_ms()
 
-    async def _drain(self, w):
+    # Writes. MicroPython's Stream.write() sends at once what the socket takes and keeps
+    # the rest in `out_buf` for drain(). So a packet is written synchronously (no await
+    # between filling the shared buffer and writing it); only when bytes are left over do
+    # we drain, bounded by ack_timeout and under `_wlock`. Nobody writes while a drain is
+    # in progress (drain() would lose bytes appended meanwhile): they queue on the lock.
+
+    def _writer(self):
+        w = self._w
+        if not self._connected or w is None:
+            raise OSError(_ENOTCONN, "not connected")
+        return w
+
+    def _left_over(self, w):
+        if getattr(w, "out_buf", b"?"):  # unknown stream type: always drain
+            return True
+        self._last_tx = time.ticks_ms()
+        return False
+
+    def _emit(self, buf):
+        """Write one packet now; True when drain() is needed. OSError drops the link."""
+        w = self._writer()
+        try:
+            w.write(buf)
+        except OSError as e:
+            self._drop("write: %r" % (e,))
+            raise
+        return self._left_over(w)
+
+    def _emit_pub(self, topic, payload, qos, retain, dup, pid):
+        w = self._writer()
+        try:
+            self._put_pub(w, topic, payload, qos, retain, dup, pid)
+        except OSError as e:
+            self._drop("write: %r" % (e,))
+            raise
+        return self._left_over(w)
+
+    async def _drain_locked(self):
+        w = self._writer()
         try:
             await asyncio.wait_for_ms(w.drain(), self._ack_ms)
         except asyncio.TimeoutError:
@@ -412,28 +462,52 @@ class MQTTClient:
         self._last_tx = time.ticks_ms()
 
     async def _send(self, buf):
-        async with self._wlock:
-            w = self._w
-            if not self._connected or w is None:
-                raise OSError(_ENOTCONN, "not connected")
-            w.write(buf)
-            await self._drain(w)
+        if self._wlock.locked():  # a drain is in progress: queue behind it
+            async with self._wlock:
+                if self._emit(buf):
+                    await self._drain_locked()
+        elif self._emit(buf):
+            async with self._wlock:
+                await self._drain_locked()
 
     async def _send_pub(self, topic, payload, qos, retain, dup, pid):
-        async with self._wlock:  # the shared header buffer is filled under the lock
-            w = self._w
-            if not self._connected or w is None:
-                raise OSError(_ENOTCONN, "not connected")
-            n = pk.publish_header(self._hdr, len(topic), len(payload), qos, retain, dup)
-            w.write(self._hdr_mv[:n])
-            w.write(topic)
+        if self._wlock.locked():
+            async with self._wlock:
+                if self._emit_pub(topic, payload, qos, retain, dup, pid):
+                    await self._drain_locked()
+        elif self._emit_pub(topic, payload, qos, retain, dup, pid):
+            async with self._wlock:
+                await self._drain_locked()
+
+    def _put_pub(self, w, topic, payload, qos, retain, dup, pid):
+        """Assemble a PUBLISH in the preallocated buffer and write it (synchronous)."""
+        ob = self._obuf
+        tl = len(topic)
+        pl = len(payload)
+        n = pk.publish_header(ob, tl, pl, qos, retain, dup)
+        if n + tl + 2 + pl > _OBUF:  # too big for one buffer: header (+topic) then the rest
+            if n + tl + 2 > _OBUF:
+                w.write(self._obuf_mv[:n])
+                w.write(topic)
+                n = 0
+            else:
+                ob[n : n + tl] = topic
+                n += tl
             if qos:
-                self._pidb[0] = pid >> 8
-                self._pidb[1] = pid & 0xFF
-                w.write(self._pidb)
-            if payload:
-                w.write(payload)
-            await self._drain(w)
+                ob[n] = pid >> 8
+                ob[n + 1] = pid & 0xFF
+                n += 2
+            w.write(self._obuf_mv[:n])
+            w.write(payload)
+            return
+        ob[n : n + tl] = topic
+        n += tl
+        if qos:
+            ob[n] = pid >> 8
+            ob[n + 1] = pid & 0xFF
+            n += 2
+        ob[n : n + pl] = payload
+        w.write(self._obuf_mv[: n + pl])
 
     async def _send_entry(self, e):
         dup = e[4]
