@@ -15,7 +15,8 @@ Ingestion (topics of docs/protocol.md):
 
 - `hb`: decoded, counted, stored as the device's last heartbeat; `last_seen`; its
   desired version is what the unit has applied. The heartbeat interval is learnt per
-  device from consecutive sequence numbers (smoothed); until then `hb_interval` applies.
+  device: the median of the gaps between its last consecutive sequence numbers (an
+  extra beat after a reconnect does not shrink it); until then `hb_interval` applies.
 - `status` (retained): `online` / `offline` / `dormant`, including last wills. A retained
   `online` that the cloud receives on (re)subscribing does not revive a device the
   heartbeat timeout already marked offline (it is the stale word of a dead connection).
@@ -38,9 +39,11 @@ they run on the MQTT thread and must return quickly (queue the event for a UI).
 from __future__ import annotations
 
 import logging
+import statistics
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +57,7 @@ from cloud_stub.registry import DEFAULT_DB_URL, NotFound, Registry
 
 log = logging.getLogger("simsock.cloud")
 
-HB_EWMA = 0.3  # weight of the newest gap in the learnt heartbeat interval
+HB_GAPS = 5  # a unit's heartbeat interval is the median of its last gaps: one early or late beat does not move it
 
 
 class BrokerURLError(ValueError):
@@ -127,6 +130,7 @@ class Cloud:
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
         self._listening_since = 0.0
+        self._hb_gaps: dict[str, deque[float]] = {}  # touched by the MQTT thread only
         self.connections = 0  # how many times the MQTT connection came up
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -265,9 +269,13 @@ class Cloud:
             st = reg.status(device_id) or {}
             interval = None
             if st.get("last_seq") is not None and st.get("hb_at") and hb.seq == (st["last_seq"] + 1) & 0xFFFFFFFF:
-                gap = now - st["hb_at"]
-                old = st.get("hb_interval_s")
-                interval = gap if old is None else (1 - HB_EWMA) * old + HB_EWMA * gap
+                gaps = self._hb_gaps.get(device_id)
+                if gaps is None:
+                    gaps = self._hb_gaps[device_id] = deque(maxlen=HB_GAPS)
+                    if st.get("hb_interval_s"):
+                        gaps.append(st["hb_interval_s"])  # what an earlier run learnt
+                gaps.append(now - st["hb_at"])
+                interval = statistics.median(gaps)
             fields = {
                 "seq": hb.seq, "fw": hb.fw_version, "uptime_s": hb.uptime_s, "mode": hb.mode,
                 "desired_version": hb.desired_version, "flags": hb.flags, "temperature_c": hb.temperature_c,

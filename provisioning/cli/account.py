@@ -45,10 +45,16 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 @contextmanager
-def _accounts(db: str, broker: str | None = None) -> Iterator[Accounts]:
-    """Accounts on `db`, publishing to `broker` if given; every failure becomes a clean exit."""
+def _accounts(db: str, broker: str | None = None, account: str | None = None) -> Iterator[Accounts]:
+    """Accounts on `db`, publishing to `broker` if given; every failure becomes a clean exit.
+
+    Order of checks: database, then `account` exists, then the broker answers; only
+    then does the caller write (in one transaction).
+    """
     try:
         with Registry(db) as registry:
+            if account is not None:
+                registry.find_account(account)
             if broker is None:
                 yield Accounts(registry)
                 return
@@ -105,8 +111,7 @@ def add_device(
     broker: BrokerOption = DEFAULT_BROKER,
 ) -> None:
     """Put a device on an account and publish its desired mode."""
-    with _accounts(db, broker) as accounts:
-        accounts.get(account)
+    with _accounts(db, broker, account) as accounts:
         change = accounts.add_device(account, device_id, serial)
     _report(change)
 
@@ -121,7 +126,7 @@ def charge(
 ) -> None:
     """Take money from the balance; at zero or below the account is suspended."""
     cents = _amount(amount)
-    with _accounts(db, broker) as accounts:
+    with _accounts(db, broker, account) as accounts:
         change = accounts.charge(account, cents, reason)
     _report(change)
 
@@ -135,7 +140,7 @@ def topup(
 ) -> None:
     """Add money to the balance; above zero the account is active again."""
     cents = _amount(amount)
-    with _accounts(db, broker) as accounts:
+    with _accounts(db, broker, account) as accounts:
         change = accounts.top_up(account, cents)
     _report(change)
 
