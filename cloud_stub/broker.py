@@ -69,11 +69,11 @@ class EmbeddedBroker:
     def _config(self) -> dict:
         return {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            "plugins": {"cloud_stub.amqtt_fixes.NamedSessionAuth": {}},
         }
 
     def start(self) -> None:
-        from amqtt.broker import Broker as AmqttBroker
+        from cloud_stub.amqtt_fixes import SessionScopedBroker as AmqttBroker
 
         ready = threading.Event()
         error: list[BaseException] = []
