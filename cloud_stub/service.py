@@ -400,7 +400,7 @@ class Cloud:
     def publish_desired(self, device_id: str) -> bool:
         """(Re-)publish one device's current desired state; False if there is none or no connection."""
         row = self.registry.desired(device_id)
-        return bool(row) and self._publish_and_mark(Desired(device_id, row["version"], row["mode"]))
+        return row is not None and self._publish_and_mark(Desired(device_id, row["version"], row["mode"]))
 
     def republish_all(self) -> int:
         """Publish every stored desired state again (retained); returns how many went out."""

@@ -190,3 +190,22 @@ def test_serve_embedded_in_process(tmp_path) -> None:
     with serve("embedded", f"sqlite:///{tmp_path / 's.db'}") as s:
         assert s.cloud.connected and s.broker is not None and s.broker_url == s.broker.url
     assert not s.cloud.connected
+
+
+def test_alerts_and_a_stale_retained_online(cloud, units) -> None:
+    events: list[CloudEvent] = []
+    cloud.add_listener(events.append)
+    u = units("a1")
+    u.publish("alert", json.dumps({"t": "mains", "on": False, "up": 5231}))
+    assert cloud.wait_for(lambda: cloud.events(device_id="a1", kind="device.alert"), 5)
+    assert cloud.events(device_id="a1", kind="device.alert")[0]["detail"] == {"t": "mains", "on": False, "up": 5231}
+    assert any(e.kind == "alert" and e.data["t"] == "mains" for e in events)
+
+    u.hb(3, gap=0.1)
+    assert cloud.wait_status("a1", "offline", 5)  # hb timeout; the broker still holds a retained "online"
+    cloud.stop()
+    cloud.start()  # re-subscribing delivers that retained "online": too old to believe
+    assert cloud.connections == 2
+    time.sleep(0.3)
+    d = cloud.device("a1")
+    assert (d["status"], d["status_reason"]) == ("offline", "hb_timeout")
