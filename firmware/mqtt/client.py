@@ -384,7 +384,10 @@ class MQTTClient:
         was = self._connected
         self._connected = False
         self._gen += 1
-        me = asyncio.current_task()
+        try:
+            me = asyncio.current_task()
+        except Exception:  # called outside the event loop
+            me = None
         for t in self._tasks:
             if t is not me:
                 t.cancel()
@@ -392,7 +395,7 @@ class MQTTClient:
         self._drop_socket()
         self._up.clear()
         if was:
-            self._lg("warning", "connection lost: %s" % why)
+            self._lg("info" if why in ("disconnect", "close") else "warning", "connection lost: %s" % why)
             self._down.set()
             self._pulse.set()
             self._pulse.clear()
