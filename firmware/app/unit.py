@@ -43,6 +43,7 @@ accepted. Everything else awaits.
 
 import asyncio
 import gc
+import micropython
 import random
 import time
 
@@ -319,6 +320,7 @@ class Unit:
             "relay": b.relay_get(), "mains": b.mains_present(), "mode": self.state["mode"],
             "dv": self.state["v"], "up": self.uptime.s(), "temp": b.temperature_c(),
             "signal": b.signal_dbm(), "fw": "%d.%d.%d" % VERSION,
+            "heap_free": gc.mem_free(), "heap_peak": heap_peak(),
         }
 
     # --- heartbeat and mains ---------------------------------------------------
@@ -387,7 +389,6 @@ class Unit:
             await self._conn_ev.wait()
             self._conn_ev.clear()
             self.log.info("connected")
-            await self._publish(c, self._t_status, b"online", retain=True)
             if not subscribed:
                 try:
                     await c.subscribe(self._t_desired, 1)
@@ -396,6 +397,8 @@ class Unit:
                 except Exception as e:  # noqa: BLE001 - retried on the next connect
                     self.log.warn("subscribe failed: %s %s" % (type(e).__name__, e))
                     continue
+            # Only now "online": the cloud may send commands the moment it sees it.
+            await self._publish(c, self._t_status, b"online", retain=True)
             self._hb_ev.set()
             if self._alert is not None:
                 await self._send_alert(c)
@@ -598,3 +601,9 @@ def main():
     except Exception as e:  # noqa: BLE001 - last resort: reboot rather than hang
         log.exc("crashed", e)
         b.reset()
+
+
+def heap_peak():
+    """Peak heap bytes since boot, or None: only ports built with memory stats (unix) keep it."""
+    peak = getattr(micropython, "mem_peak", None)
+    return peak() if peak else None

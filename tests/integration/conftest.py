@@ -1,0 +1,106 @@
+"""A whole stack per test: a real broker (each kind), the cloud, and virtual units running the real firmware."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from cloud_stub.service import Cloud
+from provisioning.demo import SCALED_CONFIG, SCALED_HB_S
+from provisioning.virtual.fleet import Fleet
+from provisioning.virtual.unit import VirtualUnit
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Observer:
+    """A paho client that records what crosses the broker: the test's own eyes on the wire."""
+
+    def __init__(self, host: str, port: int, topics: str = "simsock/v1/#") -> None:
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"observer-{id(self):x}")
+        self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, *_: c.subscribe(topics, 1)
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def _on_message(self, _c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append((m.topic, bytes(m.payload), bool(m.retain)))
+
+    def on(self, topic: str) -> list[bytes]:
+        with self._lock:
+            return [p for t, p, _ in self.messages if t == topic]
+
+    def json_on(self, topic: str) -> list[dict[str, Any]]:
+        out = []
+        for p in self.on(topic):
+            try:
+                out.append(json.loads(p))
+            except ValueError:
+                continue
+        return out
+
+    def publish(self, topic: str, payload: bytes | str, retain: bool = False, qos: int = 1) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@dataclass
+class Stack:
+    broker: Any
+    cloud: Cloud
+    fleet: Fleet
+    observer: Observer
+    account_id: int
+    tmp: Path
+    units: list[VirtualUnit] = field(default_factory=list)
+
+    def add_unit(self, config: dict[str, Any] | None = None, start: bool = True, **kw: Any) -> VirtualUnit:
+        unit = self.fleet.add(config={**SCALED_CONFIG, **(config or {})}, **kw)
+        self.cloud.add_device(self.account_id, unit.device_id)
+        self.units.append(unit)
+        if start:
+            unit.start()
+            # "online" is published after the unit subscribed: from then on commands reach it.
+            if not self.cloud.wait_status(unit.device_id, "online", 20):
+                raise AssertionError(f"{unit.device_id} never came online:\n" + "\n".join(unit.console_tail(20)))
+        return unit
+
+    def topic(self, unit: VirtualUnit, leaf: str) -> str:
+        return f"simsock/v1/{unit.device_id}/{leaf}"
+
+
+@pytest.fixture
+def stack(broker: Any, tmp_path: Path) -> Iterator[Stack]:
+    cloud = Cloud(broker.url, f"sqlite:///{tmp_path / 'cloud.db'}", hb_interval=SCALED_HB_S, sweep_interval=0.5,
+                  reconnect_delay=(0.2, 1.0))
+    cloud.start()
+    observer = Observer(broker.host, broker.port)
+    account = cloud.create_account("test", balance_cents=1000)
+    with Fleet(tmp_path / "units", prefix="it", broker_host=broker.host, broker_port=broker.port) as fleet:
+        try:
+            yield Stack(broker, cloud, fleet, observer, account.id, tmp_path)
+        finally:
+            observer.close()
+            cloud.close()
