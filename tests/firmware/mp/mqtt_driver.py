@@ -24,6 +24,8 @@ def make(host, port, cid, o):
         cid,
         host,
         port,
+        user=o.get("user"),
+        password=o.get("password"),
         keepalive=float(o.get("keepalive", 5)),
         clean_session=o.get("clean", "1") == "1",
         ack_timeout=float(o.get("ack", 2)),
