@@ -130,6 +130,7 @@ class Cloud:
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
         self._listening_since = 0.0
+        self._link_up = False  # CONNACK received (publishing allowed); `connected` follows after re-publishing
         self._hb_gaps: dict[str, deque[float]] = {}  # touched by the MQTT thread only
         self.connections = 0  # how many times the MQTT connection came up
 
@@ -167,6 +168,7 @@ class Cloud:
         if self._sweeper is not None:
             self._sweeper.join(5)
             self._sweeper = None
+        self._link_up = False
         self._connected.clear()
         with self._changed:
             self._changed.notify_all()
@@ -222,15 +224,17 @@ class Cloud:
         for leaf in protocol.UNIT_TO_CLOUD:
             client.subscribe(protocol.subscription(leaf), qos=1)
         self._listening_since = self.clock()
-        self._connected.set()
+        self._link_up = True
         n = self.republish_all()
         self.connections += 1
+        self._connected.set()  # start() and wait_connected() return once subscribed and re-published
         log.info("connected to %s (connection %d), re-published %d desired states", self.broker_url,
                  self.connections, n)
         self._fire("connection", None, connected=True, republished=n, connections=self.connections)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         was = self._connected.is_set()
+        self._link_up = False
         self._connected.clear()
         if was and not self._stopping.is_set():
             log.warning("lost the broker %s (%s); reconnecting", self.broker_url, reason_code)
@@ -383,7 +387,7 @@ class Cloud:
 
     def _publish_desired(self, d: Desired) -> bool:
         c = self._client
-        if c is None or not self.connected:
+        if c is None or not self._link_up:
             return False
         info = c.publish(protocol.topic(d.device_id, "desired"), d.payload(), qos=1, retain=True)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
@@ -438,7 +442,7 @@ class Cloud:
         cmd_id = protocol.new_command_id()
         payload = protocol.encode_command(cmd_id, op, arg, exp)
         c = self._client
-        if c is None or not self.connected:
+        if c is None or not self._link_up:
             raise ConnectionError(f"not connected to the broker {self.broker_url}")
         now = self.clock()
         with self.registry.transaction() as reg:

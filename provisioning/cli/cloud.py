@@ -79,11 +79,11 @@ def serve_cmd(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with serve(broker, db, host=host, port=port, hb_interval=hb_interval, hb_timeout=hb_timeout) as served:
-            console.print(f"[bold]simsock cloud[/] broker [green]{served.broker_url}[/]  db {escape(db)}")
-            console.print("Ctrl-C to stop.", style="dim")
             remove = served.cloud.add_listener(lambda e: console.print(_event_line(e), highlight=False))
             if quiet:
                 remove()
+            console.print(f"[bold]simsock cloud[/] broker [green]{served.broker_url}[/]  db {escape(db)}")
+            console.print("Ctrl-C to stop.", style="dim")
             try:
                 while not stop.wait(0.5):
                     pass
