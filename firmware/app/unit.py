@@ -43,7 +43,6 @@ accepted. Everything else awaits.
 
 import asyncio
 import gc
-import micropython
 import random
 import time
 
@@ -84,6 +83,7 @@ class Unit:
         self.log = log if log is not None else Log("unit")
         self.uptime = self.log.uptime
         self.hb = Heartbeat(VERSION)
+        self.heap_low = gc.mem_free()  # low-water mark of free heap, sampled by the mains loop
         self.state = default_state()
         self.identity = None
         self.client = None
@@ -320,7 +320,7 @@ class Unit:
             "relay": b.relay_get(), "mains": b.mains_present(), "mode": self.state["mode"],
             "dv": self.state["v"], "up": self.uptime.s(), "temp": b.temperature_c(),
             "signal": b.signal_dbm(), "fw": "%d.%d.%d" % VERSION,
-            "heap_free": gc.mem_free(), "heap_peak": heap_peak(),
+            "heap_free": gc.mem_free(), "heap_low": self.heap_low, "heap_live": live_heap(),
         }
 
     # --- heartbeat and mains ---------------------------------------------------
@@ -351,6 +351,9 @@ class Unit:
         period = self.cfg["mains_poll_ms"]
         while True:
             self.uptime.ms()  # keeps the uptime clock ahead of ticks wrap-around
+            free = gc.mem_free()
+            if free < self.heap_low:
+                self.heap_low = free
             try:
                 m = self.board.mains_present()
             except Exception as e:  # noqa: BLE001 - a sensor glitch is not fatal
@@ -603,7 +606,8 @@ def main():
         b.reset()
 
 
-def heap_peak():
-    """Peak heap bytes since boot, or None: only ports built with memory stats (unix) keep it."""
-    peak = getattr(micropython, "mem_peak", None)
-    return peak() if peak else None
+
+def live_heap():
+    """Bytes of heap still referenced: allocated after a full collection (a status request is rare)."""
+    gc.collect()
+    return gc.mem_alloc()
