@@ -71,14 +71,14 @@ class Board:
 
     def configure(self, opts):
         if type(opts) is dict:
+            on = self.relay_get()  # under the old polarity
             for k in opts:
                 if k in self._opts:
                     self._opts[k] = opts[k]
-            self._setup_pins()
+            self._setup_pins(on)
 
-    def _setup_pins(self):
+    def _setup_pins(self, on=False):
         o = self._opts
-        on = self.relay_get() if self._relay_pin is not None else False
         self._relay_pin = machine.Pin(o["relay_pin"], machine.Pin.OUT)
         self.relay_set(on)
         self._mains_pin = machine.Pin(o["mains_pin"], machine.Pin.IN)
