@@ -23,9 +23,19 @@ from tests.conftest import FIRMWARE, REPO, run_micropython
 
 MP = REPO / "tests" / "firmware" / "mp"
 MINE = [
-    "main.py", "version.py", "board/__init__.py", "board/unix.py", "board/esp32.py",
-    "app/__init__.py", "app/log.py", "app/store.py", "app/config.py", "app/heartbeat.py",
-    "app/desired.py", "app/commands.py", "app/unit.py",
+    "main.py",
+    "version.py",
+    "board/__init__.py",
+    "board/unix.py",
+    "board/esp32.py",
+    "app/__init__.py",
+    "app/log.py",
+    "app/store.py",
+    "app/config.py",
+    "app/heartbeat.py",
+    "app/desired.py",
+    "app/commands.py",
+    "app/unit.py",
 ]
 
 
@@ -63,7 +73,7 @@ def test_unix_board(mp, tmp_path: Path) -> None:
 
 
 FAKES = {
-    "machine.py": '''
+    "machine.py": """
 PINS = {}
 class Pin:
     OUT = 1
@@ -109,15 +119,15 @@ class UART:
         self.rx += ("\\r\\n".join([cmd] + ans) + "\\r\\n").encode()
 def unique_id(): return bytes((0xa1, 0xb2, 0xc3, 0xd4, 0xe5, 0xf6))
 def reset(): raise SystemExit(99)
-''',
-    "network.py": '''
+""",
+    "network.py": """
 class PPP:
     def __init__(self, uart): self.up = False
     def active(self, on=None): return True
     def connect(self): self.up = True
     def isconnected(self): return self.up
     def disconnect(self): self.up = False
-''',
+""",
     "esp32.py": "def mcu_temperature():\n    return 42\n",
 }
 
@@ -175,8 +185,15 @@ def test_no_module_level_mutable_globals() -> None:
 # --- the Unit end to end -----------------------------------------------------------------
 
 FAST = {
-    "hb_s": 1.5, "keepalive_s": 10, "ack_timeout_s": 3, "backoff_min_s": 0.3, "backoff_max_s": 2,
-    "checkin_suspended_s": [1, 2], "checkin_sleep_s": [1, 2], "checkin_wait_s": 1, "mains_poll_ms": 100,
+    "hb_s": 1.5,
+    "keepalive_s": 10,
+    "ack_timeout_s": 3,
+    "backoff_min_s": 0.3,
+    "backoff_max_s": 2,
+    "checkin_suspended_s": [1, 2],
+    "checkin_sleep_s": [1, 2],
+    "checkin_wait_s": 1,
+    "mains_poll_ms": 100,
 }
 
 
@@ -239,8 +256,13 @@ def make_unit(broker: Any, tmp_path: Path) -> Iterator[Any]:
     units: list[VirtualUnit] = []
 
     def make(name: str = "u1", **cfg: Any) -> VirtualUnit:
-        u = VirtualUnit(tmp_path / name, f"dev-{name}-{tmp_path.name[-6:]}", broker_host=broker.host,
-                        broker_port=broker.port, config={**FAST, **cfg})
+        u = VirtualUnit(
+            tmp_path / name,
+            f"dev-{name}-{tmp_path.name[-6:]}",
+            broker_host=broker.host,
+            broker_port=broker.port,
+            config={**FAST, **cfg},
+        )
         units.append(u)
         return u
 
@@ -355,13 +377,19 @@ def test_unit_unprovisioned_waits(tmp_path: Path) -> None:
     u = VirtualUnit(root, "dev-x")
     u.start = u.start  # the harness would provision; start the firmware by hand instead
     env = {"SIMSOCK_ROOT": str(root), "MICROPYPATH": f"{FIRMWARE}"}
-    p = subprocess.Popen(["micropython", str(FIRMWARE / "main.py")], env={**__import__("os").environ, **env},
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        ["micropython", str(FIRMWARE / "main.py")],
+        env={**__import__("os").environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         time.sleep(1.0)
         # registration writes identity.json: the unit picks it up without a reboot
-        store_file.write(root / "identity.json", {"device_id": "dev-x", "serial": "S", "mqtt_user": "u",
-                                                   "mqtt_pass": "p"})
+        store_file.write(
+            root / "identity.json", {"device_id": "dev-x", "serial": "S", "mqtt_user": "u", "mqtt_pass": "p"}
+        )
         time.sleep(3.0)
     finally:
         p.kill()

@@ -17,10 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from provisioning.virtual import store_file
-
 from tests.conftest import FIRMWARE, REPO, micropython_exe
 
 MP = REPO / "tests" / "firmware" / "mp"
@@ -70,7 +67,9 @@ def _run_until_killed(root: Path, delay: float) -> tuple[int, int | None]:
     env = dict(os.environ, MICROPYPATH=f"{FIRMWARE}:{MP}:.frozen")
     p = subprocess.Popen(
         [micropython_exe(), str(MP / "app_store_loop.py"), str(root)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     time.sleep(delay)
     p.send_signal(signal.SIGKILL)

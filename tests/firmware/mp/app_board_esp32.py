@@ -9,7 +9,6 @@ parsing and pin logic, not the real modem or PPP.
 import asyncio
 
 import machine
-
 from board.esp32 import Board, csq_to_dbm
 
 assert csq_to_dbm(0) == -113 and csq_to_dbm(31) == -51 and csq_to_dbm(99) is None
@@ -33,7 +32,7 @@ asyncio.run(b.link_up())
 assert b.modem_ids() == ("356938035643809", "89445001021983048265"), b.modem_ids()
 assert b.signal_dbm() == -73
 assert b.clock_valid()
-assert machine.UART.LAST.sent.count("AT+CGDCONT=1,\"IP\",\"iot.example\"") == 1
+assert machine.UART.LAST.sent.count('AT+CGDCONT=1,"IP","iot.example"') == 1
 assert machine.RTC.SET[0][:3] == (2026, 11, 21), machine.RTC.SET
 assert machine.RTC.SET[0][4] == 9  # 10:00 local at +04 quarter hours (+1 h) is 09:00 UTC
 asyncio.run(b.link_down())

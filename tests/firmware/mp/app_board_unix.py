@@ -1,6 +1,6 @@
 """The unix board against its sim/ files (run by tests/firmware/test_app_modules.py).
 
-    micropython app_board_unix.py <unit dir>
+micropython app_board_unix.py <unit dir>
 """
 
 import json

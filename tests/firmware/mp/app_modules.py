@@ -36,9 +36,19 @@ assert d["checkin_delinked_s"] == (544320, 665280) and d["checkin_wait_s"] == 5
 assert d["ack_timeout_s"] == 20 and d["backoff_min_s"] == 2 and d["backoff_max_s"] == 600
 assert d["broker_host"] == "127.0.0.1"
 r = Rec()
-c = config.merge({"hb_s": 2, "checkin_suspended_s": [1, 2.5], "bogus": 1, "broker_port": "x",
-                  "relay_on_suspend": "maybe", "mains_poll_ms": 100, "keepalive_s": True,
-                  "checkin_sleep_s": [5, 1]}, r)
+c = config.merge(
+    {
+        "hb_s": 2,
+        "checkin_suspended_s": [1, 2.5],
+        "bogus": 1,
+        "broker_port": "x",
+        "relay_on_suspend": "maybe",
+        "mains_poll_ms": 100,
+        "keepalive_s": True,
+        "checkin_sleep_s": [5, 1],
+    },
+    r,
+)
 assert c["hb_s"] == 2 and c["checkin_suspended_s"] == (1, 2.5) and c["mains_poll_ms"] == 100
 assert c["broker_port"] == 1883 and c["relay_on_suspend"] == "keep" and c["keepalive_s"] == 600
 assert c["checkin_sleep_s"] == (77760, 95040)
@@ -60,11 +70,11 @@ print("ok config")
 hb = heartbeat.Heartbeat((0, 1, 0))
 buf = hb.pack(5231, "suspended", 12, True, False, True, 21.5, -71, 123456)
 assert len(buf) == 25 and buf is hb.buf
-print("hb %s" % buf.hex())
+print(f"hb {buf.hex()}")
 buf = hb.pack(0x1FFFFFFFF, 4, 0, False, True, False, None, None, 7)
-print("hb %s" % buf.hex())
+print(f"hb {buf.hex()}")
 buf = hb.pack(1, "active", 1, False, False, False, -40.04, -200, 1)
-print("hb %s" % buf.hex())
+print(f"hb {buf.hex()}")
 d = heartbeat.unpack(bytes(buf))
 assert d["seq"] == 3 and d["temp"] == -40.0 and d["signal"] == -127 and d["mode"] == 0
 assert [heartbeat.mode_code(m) for m in desired.MODES] == [0, 1, 2, 3, 4]

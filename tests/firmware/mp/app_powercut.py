@@ -20,7 +20,6 @@ import random
 import sys
 
 import vfs
-
 from app.store import Store
 
 BS = 512
@@ -52,7 +51,7 @@ class CutDevice:
             for i in range(len(buf)):
                 buf[i] = d[a + i]
             return
-        buf[:] = memoryview(self.data)[a:a + len(buf)]
+        buf[:] = memoryview(self.data)[a : a + len(buf)]
 
     def _cut(self, a, data):
         """Returns True when the operation may proceed in full. Allocates nothing
@@ -67,7 +66,7 @@ class CutDevice:
             n = BS if data is None else len(data)  # None: an erase
             if self.torn and n > 1:
                 k = random.randrange(1, n)
-                self.data[a:a + k] = b"\xff" * k if data is None else data[:k]
+                self.data[a : a + k] = b"\xff" * k if data is None else data[:k]
             raise PowerCut(EIO)
         self.budget -= 1
         return True
@@ -77,7 +76,7 @@ class CutDevice:
             off = 0
         a = block * BS + off
         if self._cut(a, buf):
-            self.data[a:a + len(buf)] = buf
+            self.data[a : a + len(buf)] = buf
 
     def ioctl(self, op, arg):
         if op == 4:
@@ -87,7 +86,7 @@ class CutDevice:
         if op == 6:  # erase
             a = arg * BS
             if self._cut(a, None):
-                self.data[a:a + BS] = b"\xff" * BS
+                self.data[a : a + BS] = b"\xff" * BS
             return 0
         return 0
 
@@ -98,7 +97,7 @@ def mount(dev):
 
 
 def umount():
-    try:
+    try:  # noqa: SIM105 - MicroPython has no contextlib
         vfs.umount(MNT)
     except OSError:
         pass
@@ -121,15 +120,15 @@ def check_after_cut(data, old, new, completed, ctx):
     try:
         got = store.load("state.json")
         if completed and got != new:
-            raise AssertionError("%s: save returned but load gave %r" % (ctx, got))
+            raise AssertionError(f"{ctx}: save returned but load gave {got!r}")
         if got != old and got != new:
-            raise AssertionError("%s: load gave %r, neither old nor new" % (ctx, got and got.get("v")))
+            raise AssertionError("{}: load gave {!r}, neither old nor new".format(ctx, got and got.get("v")))
         again = store.load("state.json")
         if again != got:
-            raise AssertionError("%s: second load differs" % ctx)
+            raise AssertionError(f"{ctx}: second load differs")
         names = [e[0] for e in os.ilistdir(MNT)]
         if "state.json.new" in names:
-            raise AssertionError("%s: .new left after recovery" % ctx)
+            raise AssertionError(f"{ctx}: .new left after recovery")
         return dev, got
     finally:
         umount()
@@ -146,7 +145,7 @@ def naive_save(name, obj):
     with open(MNT + "/" + name, "wb") as f:
         f.write(data[: len(data) // 2])
         f.flush()
-        f.write(data[len(data) // 2:])
+        f.write(data[len(data) // 2 :])
 
 
 def save_with_cut(data, budget, torn, obj, naive=False):
@@ -184,13 +183,13 @@ def exhaustive(old, new, torn, label):
     for n in range(w + 1):
         data, completed, _ = save_with_cut(base, n, torn, new)
         if n == w and not completed:
-            raise AssertionError("%s: full budget did not complete" % label)
-        check_after_cut(data, old, new, completed, "%s cut at %d/%d" % (label, n, w))
+            raise AssertionError(f"{label}: full budget did not complete")
+        check_after_cut(data, old, new, completed, f"{label} cut at {n}/{w}")
         # After recovery the file system takes new saves.
-        dev2, st = boot(data)
+        _, st = boot(data)
         st.save("state.json", {"v": 999})
         if st.load("state.json") != {"v": 999}:
-            raise AssertionError("%s cut at %d: not writable after recovery" % (label, n))
+            raise AssertionError(f"{label} cut at {n}: not writable after recovery")
         umount()
     return w
 
@@ -227,18 +226,21 @@ def random_rounds(rounds):
     max_ops = 0
     for r in range(rounds):
         i = r + 1
-        if DEBUG: print("round", r)
+        if DEBUG:
+            print("round", r)
         new = state(i, random.choice((0, 10, 100, 300, 600, 1500)))
         _, _, w = save_with_cut(data, -1, False, new)  # how many ops this save takes
         max_ops = max(max_ops, w)
         n = random.randrange(0, w + 2)  # w+1: no cut at all
         torn = random.random() < 0.5
-        if DEBUG: print(" measured w=%d n=%d torn=%s pad=%d" % (w, n, torn, len(new["pad"])))
+        if DEBUG:
+            print(" measured w={} n={} torn={} pad={}".format(w, n, torn, len(new["pad"])))
         data2, completed, _ = save_with_cut(data, n if n <= w else -1, torn, new)
-        if DEBUG: print(" saved completed=%s" % completed)
+        if DEBUG:
+            print(f" saved completed={completed}")
         if not completed:
             cuts += 1
-        _, got = check_after_cut(data2, cur, new, completed, "round %d cut at %d/%d" % (r, n, w))
+        _, got = check_after_cut(data2, cur, new, completed, f"round {r} cut at {n}/{w}")
         cur = got
         data = data2
     return cuts, max_ops
@@ -258,12 +260,12 @@ def main():
     ):
         for torn in (False, True):
             w = exhaustive(old, new, torn, label + ("/torn" if torn else ""))
-            figures.append("%s%s=%d" % (label, "/torn" if torn else "", w + 1))
+            figures.append(label + ("/torn" if torn else "") + "=" + str(w + 1))
     caught, points = negative_control()
     cuts, max_ops = random_rounds(rounds)
-    print("POWERCUT ok exhaustive %s" % " ".join(figures))
-    print("POWERCUT ok negative-control caught=%d/%d" % (caught, points))
-    print("POWERCUT ok random rounds=%d cuts=%d max_ops_per_save=%d seed=%d" % (rounds, cuts, max_ops, seed))
+    print("POWERCUT ok exhaustive {}".format(" ".join(figures)))
+    print(f"POWERCUT ok negative-control caught={caught}/{points}")
+    print(f"POWERCUT ok random rounds={rounds} cuts={cuts} max_ops_per_save={max_ops} seed={seed}")
 
 
 main()

@@ -5,6 +5,7 @@
 Prints ``ok <case>`` per case; an assertion failure exits with code 1.
 """
 
+import binascii
 import os
 import sys
 
@@ -20,7 +21,7 @@ class Rec:
 
     def _add(self, level, text):
         self.lines.append(level + " " + text)
-        print("  log %s %s" % (level, text))
+        print(f"  log {level} {text}")
 
     def info(self, t):
         self._add("INFO", t)
@@ -94,8 +95,15 @@ assert any("torn" in x for x in log.lines[n:])
 print("ok torn-new")
 
 # corrupt target: defaults with a log line, never raises
-for bad in (b"", b"garbage", b'{"v":1}\n00000000\n', b'{"v":1}\n', b"\xff" * 100, b"x" * 5000,
-            b'[1,2]\n' + (b"%08x" % 0)):
+for bad in (
+    b"",
+    b"garbage",
+    b'{"v":1}\n00000000\n',
+    b'{"v":1}\n',
+    b"\xff" * 100,
+    b"x" * 5000,
+    b"[1,2]\n" + (b"%08x" % 0),
+):
     put(p, bad)
     n = len(log.lines)
     assert s.load("state.json", "DEF") == "DEF", bad
@@ -105,7 +113,6 @@ print("ok corrupt-target")
 
 # checksum ok but not JSON
 body = b"{not json"
-import binascii
 put(p, body + b"\n" + (b"%08x" % (binascii.crc32(body) & 0xFFFFFFFF)) + b"\n")
 assert s.load("state.json") is None
 print("ok crc-ok-bad-json")

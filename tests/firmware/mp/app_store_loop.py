@@ -13,8 +13,8 @@ from app.store import Store
 store = Store(sys.argv[1])
 st = store.load("state.json")
 i = st["i"] if st else 0
-print("start %d" % i)
+print("start", i)
 while True:
     i += 1
     store.save("state.json", {"i": i, "mode": "suspended" if i % 2 else "active", "pad": "x" * (i * 37 % 700)})
-    print("saved %d" % i)
+    print("saved", i)
