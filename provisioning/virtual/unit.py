@@ -147,6 +147,7 @@ class VirtualUnit:
         identity: dict[str, Any] | None = None,
         main: str | Path | None = None,
         env: dict[str, str] | None = None,
+        firmware: str | Path | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.device_id = device_id
@@ -160,7 +161,10 @@ class VirtualUnit:
             if value is not None:
                 ident[key] = value
         self.identity: dict[str, Any] = {**ident, **(identity or {})}
-        self.main = Path(main).resolve() if main is not None else FIRMWARE / "main.py"
+        # `firmware`: the folder the unit runs (default: the sources; a compiled build from
+        # provisioning.build.compile_firmware is what a small heap needs, as on a real unit).
+        self.firmware = Path(firmware).resolve() if firmware is not None else FIRMWARE
+        self.main = Path(main).resolve() if main is not None else self.firmware / "main.py"
         self.env = dict(env or {})
 
         self.reboots = 0  # exits with code 42 that the supervisor turned into a new start
@@ -268,7 +272,7 @@ class VirtualUnit:
     def _environ(self) -> dict[str, str]:
         env = dict(os.environ)
         env["SIMSOCK_ROOT"] = str(self.root)
-        env["MICROPYPATH"] = f"{FIRMWARE}:.frozen"
+        env["MICROPYPATH"] = f"{self.firmware}:.frozen"
         env.update(self.env)
         return env
 
