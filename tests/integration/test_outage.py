@@ -57,7 +57,7 @@ def test_broker_restart_reconnect_with_backoff_and_inflight_qos1_delivered(stack
         assert stack.cloud.wait_connected(15)
         proxy = NetProxy(stack.broker.host, stack.broker.port, port=proxy_port).start()
 
-        got = wait_until(lambda: [a for a in alerts.got if a.get("t") == "mains"], 30, "the alert raised during the outage")
+        got = wait_until(lambda: [a for a in alerts.got if a.get("t") == "mains"], 30, "the alert from the outage")
         assert got[0]["on"] is False
 
         delays = [int(m) for m in re.findall(r"reconnect in (\d+) ms", unit.console()[mark:])]
