@@ -17,11 +17,16 @@ promotes. Loading recovers whatever a cut left behind and never raises:
 - corrupt target and no usable ``.new`` -> ``None`` (caller uses defaults), with a
   log line.
 
+The one exception that does escape `load` is MemoryError (after a collection and a
+retry): running out of heap is not a corrupt file, and treating it as one would
+resume a suspended unit with default state.
+
 Writes are synchronous: a few hundred bytes once per state change, which is an
 acceptable pause for the event loop (documented where the unit calls `save`).
 """
 
 import binascii
+import gc
 import json
 import os
 
@@ -106,18 +111,38 @@ class Store:
             os.rename(tmp, target)
 
     def _read(self, path):
+        """(_MISSING | _BAD | _OK, obj). A MemoryError is not a corrupt file: after a
+        collection and one retry it propagates (defaults would silently resume a
+        suspended unit or forget its identity)."""
         try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_FILE + 1)
+            return self._read_once(path)
+        except MemoryError:
+            gc.collect()
+            return self._read_once(path)
+
+    def _read_once(self, path):
+        try:
+            size = os.stat(path)[6]
         except OSError:
             return _MISSING, None
-        except Exception:  # noqa: BLE001 - a broken filesystem must not crash boot
+        if size > MAX_FILE:
+            return _BAD, None
+        try:
+            with open(path, "rb") as f:
+                data = f.read(size + 1)
+        except MemoryError:
+            raise
+        except OSError:
+            return _MISSING, None
+        except Exception:  # a broken filesystem must not crash boot
             return _BAD, None
         if len(data) > MAX_FILE:
             return _BAD, None
         try:
             return _OK, decode(data)
-        except Exception:  # noqa: BLE001 - StoreError, ValueError, UnicodeError
+        except MemoryError:
+            raise
+        except Exception:  # StoreError, ValueError, UnicodeError
             return _BAD, None
 
     def load(self, name, default=None, recover=True):
@@ -131,6 +156,8 @@ class Store:
                 st, obj = self._read(self.path(name))
                 return obj if st == _OK else default
             return self._load(name, default)
+        except MemoryError:
+            raise
         except Exception as e:  # noqa: BLE001 - last resort: boot must go on
             self._note("error", "load %s failed (%s %s), using defaults" % (name, type(e).__name__, e))
             return default

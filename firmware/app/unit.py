@@ -188,6 +188,8 @@ class Unit:
     def _new_client(self, will):
         cfg = self.cfg
         ident = self.identity
+        if ident is None:
+            raise OSError("unprovisioned")
         c = self.factory(
             client_id=ident["device_id"],
             host=cfg["broker_host"],
@@ -284,7 +286,7 @@ class Unit:
             self.log.warn("dropped retained cmd")
             return
         cmd, cid, err = commands.parse(payload)
-        if err is None:
+        if cmd is not None:
             err = commands.check(cmd, self.state["mode"], self.board.clock_valid(), self.board.time())
         if err is not None:
             if cid is None:
@@ -292,6 +294,8 @@ class Unit:
                 return
             self.log.info("refused cmd id=%s: %s" % (cid, err))
             await self._publish(c, self._t_ack, commands.ack_err(cid, err))
+            return
+        if cmd is None:
             return
         if cmd.op == "reboot":
             self.log.info("cmd id=%s op=reboot ok" % cid)
