@@ -454,7 +454,9 @@ class Unit:
         try:
             await self._wake.wait()
             if self._switch:
-                # Left active for a check-in mode: tell the cloud, then hang up.
+                # Left active for a check-in mode: answer what already arrived (those
+                # commands are refused now), tell the cloud, then hang up.
+                await self._drain(c)
                 await self._publish(c, self._t_status, b"dormant", retain=True, wait=True)
                 await self._disconnect(c)
                 self._first_checkin = False

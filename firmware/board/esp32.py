@@ -196,6 +196,12 @@ class Board:
             except OSError:
                 await asyncio.sleep_ms(500)
         await self._at("ATE0")
+        if not (self._imei and self._iccid):  # ids: read once; signal and clock: every link-up
+            await self._read_hw_ids()
+        await self.read_signal()
+        await self._read_clock()
+
+    async def _read_hw_ids(self):
         for line in await self._at("AT+CGSN"):
             s = line.decode()
             if s.isdigit() and len(s) >= 14:
@@ -204,8 +210,6 @@ class Board:
             s = line.decode().replace("+CCID:", "").replace("+ICCID:", "").strip()
             if len(s) >= 18 and s[:18].isdigit():
                 self._iccid = s
-        await self.read_signal()
-        await self._read_clock()
 
     async def read_signal(self):
         """AT+CSQ -> dBm (only while the modem is in command mode)."""
