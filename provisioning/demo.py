@@ -90,16 +90,15 @@ class _Recorder:
 
 def _table(devices: list[dict[str, Any]], phase: str) -> Table:
     t = Table(title=f"simsock demo — {phase}", expand=False)
-    for col in ("device", "status", "mode", "desired", "applied", "hb", "seq", "relay", "mains", "temp °C", "signal"):
+    for col in ("device", "status", "desired state", "unit has", "hb", "seq", "relay", "mains", "temp °C", "signal"):
         t.add_column(col)
     for d in devices:
         flags = d.get("hb_flags") or 0
         t.add_row(
             d["device_id"],
             d["status"],
-            str(d.get("hb_mode") or "-"),
-            str(d.get("desired_version") or "-"),
-            str(d["applied_version"]),
+            f"v{d.get('desired_version') or '-'} {d.get('desired_mode') or ''}",
+            f"v{d['applied_version']} " + ("[green]✓[/green]" if d["converged"] else "[yellow]pending[/yellow]"),
             str(d.get("hb_count") or 0),
             str(d.get("last_seq") if d.get("last_seq") is not None else "-"),
             "on" if flags & 1 else "off",

@@ -317,6 +317,8 @@ class Unit:
                     self.state = new
         self.log.info("cmd id=%s op=%s ok" % (cid, cmd.op))
         await self._publish(c, self._t_ack, commands.ack_ok(cid, res))
+        if cmd.op == "relay":
+            self._hb_ev.set()  # report the new relay state now, not at the next period
 
     def status(self):
         b = self.board

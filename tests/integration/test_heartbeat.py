@@ -65,11 +65,13 @@ def test_mains_loss_and_return_alert_at_once(stack: Stack) -> None:
 
 
 def test_relay_command_is_obeyed_and_acked(stack: Stack) -> None:
-    unit = stack.add_unit()
+    unit = stack.add_unit(config={"hb_s": 60})  # a period far away: the report must not wait for it
     cid = stack.cloud.send_command(unit.device_id, "relay", "on")
     ack = stack.cloud.wait_ack(cid, 10)
     assert ack and ack["ok"], ack
     assert unit.relay() is True
+    # The change is reported at once in a heartbeat, not at the next period.
+    assert stack.cloud.wait_for(lambda: (stack.cloud.device(unit.device_id) or {}).get("hb_flags", 0) & 1, 2)
     cid = stack.cloud.send_command(unit.device_id, "relay", "toggle")
     assert (stack.cloud.wait_ack(cid, 10) or {}).get("ok")
     assert unit.relay() is False
