@@ -402,3 +402,76 @@ class Registry:
         for r in rows:
             r["detail"] = json.loads(r["detail"])
         return rows[::-1]
+
+    # --- API tokens and audit (cloud_stub/auth.py, cloud_stub/audit.py) -------------------
+
+    def insert_token(self, name: str, role: str, key: str, token_hash: str, at: float, created_by: str | None) -> int:
+        cur = self._x(
+            "INSERT INTO api_tokens (name, role, key, token_hash, created, created_by) VALUES (?, ?, ?, ?, ?, ?)",
+            (name, role, key, token_hash, at, created_by),
+        )
+        return int(cur.lastrowid or 0)
+
+    def token(self, token_id: int) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM api_tokens WHERE id = ?", (token_id,))
+
+    def token_by_key(self, key: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM api_tokens WHERE key = ?", (key,))
+
+    def tokens(self, include_revoked: bool = False) -> list[dict[str, Any]]:
+        where = "" if include_revoked else " WHERE revoked IS NULL"
+        return self._all("SELECT * FROM api_tokens" + where + " ORDER BY id")
+
+    def touch_token(self, token_id: int, at: float) -> None:
+        self._x("UPDATE api_tokens SET last_used = ? WHERE id = ?", (at, token_id))
+
+    def revoke_token(self, token_id: int, at: float) -> None:
+        self._x("UPDATE api_tokens SET revoked = ? WHERE id = ? AND revoked IS NULL", (at, token_id))
+
+    def add_audit(
+        self,
+        *,
+        at: float,
+        token_id: int | None,
+        actor: str,
+        role: str | None,
+        action: str,
+        target_type: str,
+        target_id: str | None,
+        account_id: int | None,
+        via: str | None,
+        before: str | None,
+        after: str | None,
+        detail: str | None,
+    ) -> int:
+        """One audit row; before/after/detail are JSON text (audit.py encodes and decodes them)."""
+        cur = self._x(
+            "INSERT INTO audit (at, token_id, actor, role, action, target_type, target_id, account_id, via, "
+            "before, after, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (at, token_id, actor, role, action, target_type, target_id, account_id, via, before, after, detail),
+        )
+        return int(cur.lastrowid or 0)
+
+    def audit_entries(
+        self,
+        *,
+        account_id: int | None = None,
+        target_type: str | None = None,
+        target_id: str | None = None,
+        token_id: int | None = None,
+        action: str | None = None,
+        after_id: int | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The newest `limit` audit rows matching the filters (and with id > after_id), oldest first."""
+        where, params = [], []
+        for col, val in (("account_id", account_id), ("target_type", target_type), ("target_id", target_id),
+                         ("token_id", token_id), ("action", action)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                params.append(val)
+        if after_id is not None:
+            where.append("id > ?")
+            params.append(after_id)
+        sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
+        return self._all(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))[::-1]

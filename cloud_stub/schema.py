@@ -100,9 +100,45 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX events_device ON events(device_id, id);
         """,
     ),
+    (
+        3,
+        "HTTP API tokens (hash only) and the audit log",
+        """
+        CREATE TABLE api_tokens (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            role TEXT NOT NULL CHECK (role IN ('admin', 'operator', 'rma', 'bench', 'read-only')),
+            key TEXT NOT NULL UNIQUE,
+            token_hash TEXT NOT NULL,
+            created REAL NOT NULL,
+            created_by TEXT,
+            last_used REAL,
+            revoked REAL
+        );
+
+        CREATE TABLE audit (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            token_id INTEGER,
+            actor TEXT NOT NULL,
+            role TEXT,
+            action TEXT NOT NULL,
+            target_type TEXT NOT NULL,
+            target_id TEXT,
+            account_id INTEGER,
+            via TEXT,
+            before TEXT,
+            after TEXT,
+            detail TEXT
+        );
+        CREATE INDEX audit_target ON audit(target_type, target_id, id);
+        CREATE INDEX audit_account ON audit(account_id, id);
+        CREATE INDEX audit_token ON audit(token_id, id);
+        """,
+    ),
 ]
 
-SCHEMA_VERSION = MIGRATIONS[-1][0]
+SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)  # numbers are assigned per change, not by list order
 
 VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_version (
