@@ -6,8 +6,10 @@ Every phase must converge (the cloud sees it) within a few seconds, and the unit
 reboot; otherwise the cycle fails at that phase.
 
 Figures:
-1. The `status` command's `heap_free` (gc.mem_free()) and `heap_peak`
-   (micropython.mem_peak()) at the end of each active phase.
+1. The `status` command's heap fields at the end of each active phase: `heap_free`
+   (gc.mem_free()), `heap_low` (low-water of gc.mem_free()), `heap_live` (gc.mem_alloc()
+   after gc.collect()), `heap_peak` (micropython.mem_peak()) — whichever the ack carries.
+   A check printed at the end shows why mem_peak is no measure of the heap in use.
 2. The live heap: a probe task (bench/mp_heapprobe.py) runs gc.collect() + gc.mem_alloc()
    every 20 ms beside the unchanged firmware; its maximum is the peak of what stays
    reachable across await points (a lower bound of the peak heap in use).
