@@ -138,13 +138,16 @@ class Registry:
     def _migrate(self) -> None:
         with self.transaction():
             self._db.execute(schema.VERSION_TABLE)
-            have = self._db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+            applied = {r[0] for r in self._db.execute("SELECT version FROM schema_version").fetchall()}
+            have = max(applied, default=0)
             if have > schema.SCHEMA_VERSION:
                 raise RegistryError(
                     f"database schema version {have} is newer than this code ({schema.SCHEMA_VERSION})"
                 )
-            for version, description, sql in schema.MIGRATIONS:
-                if version <= have:
+            # every missing number, lowest first: numbers are assigned per change, so a database
+            # may hold 1 and 3 when the code that brings 2 arrives
+            for version, description, sql in sorted(schema.MIGRATIONS):
+                if version in applied:
                     continue
                 for statement in sql.split(";"):
                     if statement.strip():

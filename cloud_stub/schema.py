@@ -136,6 +136,57 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX audit_token ON audit(token_id, id);
         """,
     ),
+    (
+        2,
+        "account lifecycle: currency, price list, billing and sleep calendars, delinked devices, "
+        "ledger, features, notifications",
+        """
+        ALTER TABLE accounts ADD COLUMN currency TEXT NOT NULL DEFAULT 'USD';
+        ALTER TABLE accounts ADD COLUMN price_list TEXT NOT NULL DEFAULT '2026-11';
+        ALTER TABLE accounts ADD COLUMN billing_anchor REAL;
+        ALTER TABLE accounts ADD COLUMN bill_month INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE accounts ADD COLUMN sleep_since REAL;
+        ALTER TABLE accounts ADD COLUMN sleep_month INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE accounts ADD COLUMN next_due_at REAL DEFAULT 0;
+        UPDATE accounts SET billing_anchor = created;
+        CREATE INDEX accounts_due ON accounts(next_due_at);
+
+        ALTER TABLE devices ADD COLUMN delinked_at REAL;
+
+        CREATE TABLE ledger (
+            id INTEGER PRIMARY KEY,
+            account_id INTEGER NOT NULL REFERENCES accounts(id),
+            at REAL NOT NULL,
+            kind TEXT NOT NULL,
+            amount_cents INTEGER NOT NULL,
+            balance_cents INTEGER NOT NULL,
+            device_id TEXT,
+            detail TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX ledger_account ON ledger(account_id, id);
+
+        CREATE TABLE account_features (
+            id INTEGER PRIMARY KEY,
+            account_id INTEGER NOT NULL REFERENCES accounts(id),
+            feature TEXT NOT NULL,
+            monthly_cents INTEGER NOT NULL,
+            added_at REAL NOT NULL,
+            cancelled_at REAL
+        );
+        CREATE INDEX account_features_account ON account_features(account_id, feature);
+
+        CREATE TABLE notifications (
+            id INTEGER PRIMARY KEY,
+            account_id INTEGER NOT NULL REFERENCES accounts(id),
+            device_id TEXT,
+            kind TEXT NOT NULL,
+            text TEXT NOT NULL,
+            at REAL NOT NULL,
+            event_id INTEGER
+        );
+        CREATE INDEX notifications_account ON notifications(account_id, id);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)  # numbers are assigned per change, not by list order
