@@ -1,8 +1,14 @@
-"""Device and account registry: the cloud's one source of truth, in SQLite (WAL).
+"""Device and account registry: the cloud's one source of truth, in SQLite (WAL) or PostgreSQL.
 
-`Registry(url)` opens `sqlite:///relative/path.db`, `sqlite:////absolute/path.db` or
-`sqlite:///:memory:` and applies the migrations of `cloud_stub.schema`. Other schemes
-(`postgresql://…`) are reserved for a later backend and refused with a clear error.
+`Registry(url)` opens `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`,
+`sqlite:///:memory:` or `postgresql://user:pass@host:port/db` and applies the migrations of
+`cloud_stub.schema`. The SQL is written once, in the subset SQLite and PostgreSQL share
+(SQLite spelling); `cloud_stub.db` translates it for PostgreSQL and raises the `sqlite3`
+exception classes on both engines. On PostgreSQL `transaction()` is a READ COMMITTED
+transaction and the single-row reads below (`account`, `find_account`, `device_row`,
+`status`, `desired`) lock the row they read (`SELECT … FOR UPDATE`) while inside one, so a
+read-modify-write (a balance, a version) is never lost between processes. New methods
+that read a row to write it back inside a transaction should append `self._for_update`.
 
 Several processes may share one database file (the `cloud serve` process and
 `simsock account …` commands): WAL lets readers run beside a writer, writers wait up to
@@ -25,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cloud_stub import schema
+from cloud_stub import db, schema
 
 DEFAULT_DB_URL = "sqlite:///simsock-cloud.db"
 
@@ -41,52 +47,41 @@ class NotFound(RegistryError, KeyError):
 
 def sqlite_path(url: str) -> str:
     """The file path (or ':memory:') of a `sqlite:///…` URL; RegistryError for anything else."""
-    if not isinstance(url, str) or "://" not in url:
-        raise RegistryError(f"bad database URL {url!r}: expected sqlite:///path.db")
-    scheme, _, rest = url.partition("://")
-    scheme = scheme.lower()
-    if scheme in ("postgres", "postgresql", "postgresql+psycopg", "mysql"):
-        raise RegistryError(f"database {scheme}:// is not supported yet (only sqlite:///path.db)")
-    if scheme != "sqlite":
-        raise RegistryError(f"bad database URL {url!r}: unknown scheme {scheme!r} (use sqlite:///path.db)")
-    if not rest.startswith("/") or rest == "/":
-        raise RegistryError(f"bad database URL {url!r}: expected sqlite:///relative.db or sqlite:////abs/path.db")
-    path = rest[1:]
-    if "?" in path:
-        raise RegistryError(f"bad database URL {url!r}: query parameters are not supported")
-    return path
+    try:
+        return db.sqlite_path(url)
+    except db.URLError as exc:
+        raise RegistryError(str(exc)) from None
 
 
-def _row(row: sqlite3.Row | None) -> dict[str, Any] | None:
+def _row(row: Any) -> dict[str, Any] | None:
     return None if row is None else dict(row)
 
 
 class Registry:
     def __init__(self, url: str = DEFAULT_DB_URL, *, busy_timeout: float = 10.0) -> None:
         self.url = url
-        self.path = sqlite_path(url)
-        if self.path != ":memory:":
+        try:
+            self.dialect = db.dialect_of(url)
+        except db.URLError as exc:
+            raise RegistryError(str(exc)) from None
+        self.path = sqlite_path(url) if self.dialect == db.SQLITE else None
+        if self.path is not None and self.path != ":memory:":
             parent = Path(self.path).expanduser().resolve().parent
             if not parent.is_dir():
                 raise RegistryError(f"database directory {parent} does not exist")
         self._lock = threading.RLock()
         self._depth = 0
         try:
-            self._db = sqlite3.connect(
-                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
+            self._db = db.connect(url, busy_timeout=busy_timeout)
+        except db.URLError as exc:
+            raise RegistryError(str(exc)) from None
         except sqlite3.Error as exc:
-            raise RegistryError(f"cannot open database {url}: {exc}") from exc
-        self._db.row_factory = sqlite3.Row
+            raise RegistryError(f"cannot open database {db.redact(url)}: {exc}") from exc
         try:
-            if self.path != ":memory:":
-                self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise RegistryError(f"cannot use database {url}: {exc}") from exc
+            raise RegistryError(f"cannot use database {db.redact(url)}: {exc}") from exc
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -111,19 +106,24 @@ class Registry:
                 finally:
                     self._depth -= 1
                 return
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.begin()  # SQLite: BEGIN IMMEDIATE; PostgreSQL: BEGIN (+ row locks, see _for_update)
             self._depth = 1
             try:
                 yield self
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._db.rollback()
                 raise
             else:
-                self._db.execute("COMMIT")
+                self._db.commit()
             finally:
                 self._depth = 0
 
-    def _x(self, sql: str, params: tuple | dict = ()) -> sqlite3.Cursor:
+    @property
+    def _for_update(self) -> str:
+        """' FOR UPDATE' inside a transaction on PostgreSQL (lock what you read to write back), else ''."""
+        return self._db.for_update if self._depth else ""
+
+    def _x(self, sql: str, params: tuple | dict = ()) -> Any:
         with self._lock:
             return self._db.execute(sql, params)
 
@@ -137,6 +137,7 @@ class Registry:
 
     def _migrate(self) -> None:
         with self.transaction():
+            self._db.lock_migrations()
             self._db.execute(schema.VERSION_TABLE)
             applied = {r[0] for r in self._db.execute("SELECT version FROM schema_version").fetchall()}
             have = max(applied, default=0)
@@ -174,7 +175,7 @@ class Registry:
         return int(cur.lastrowid or 0)
 
     def account(self, account_id: int) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM accounts WHERE id = ?", (account_id,))
+        return self._one("SELECT * FROM accounts WHERE id = ?" + self._for_update, (account_id,))
 
     def find_account(self, ref: int | str) -> dict[str, Any]:
         """An account by id (int or digits) or by name; NotFound otherwise."""
@@ -182,7 +183,7 @@ class Registry:
         if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
             row = self.account(int(ref))
         if row is None and isinstance(ref, str):
-            row = self._one("SELECT * FROM accounts WHERE name = ?", (ref,))
+            row = self._one("SELECT * FROM accounts WHERE name = ?" + self._for_update, (ref,))
         if row is None:
             raise NotFound(f"unknown account {ref!r}")
         return row
@@ -216,10 +217,10 @@ class Registry:
         )
 
     def device_row(self, device_id: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM devices WHERE device_id = ?", (device_id,))
+        return self._one("SELECT * FROM devices WHERE device_id = ?" + self._for_update, (device_id,))
 
     _DEVICE_VIEW = """
-        SELECT d.device_id, d.account_id, d.serial, d.created, s.*, ds.version AS desired_version,
+        SELECT d.device_id, d.account_id, d.serial, d.created, d.delinked_at, s.*, ds.version AS desired_version,
                ds.mode AS desired_mode, ds.published_at AS desired_published_at
         FROM devices d
         LEFT JOIN device_status s ON s.device_id = d.device_id
@@ -229,20 +230,33 @@ class Registry:
     def device(self, device_id: str) -> dict[str, Any] | None:
         return self._one(self._DEVICE_VIEW + " WHERE d.device_id = ?", (device_id,))
 
-    def devices(self, account_id: int | None = None) -> list[dict[str, Any]]:
+    def devices(self, account_id: int | None = None, *, include_delinked: bool = False) -> list[dict[str, Any]]:
+        """Every device, or an account's linked ones (delinked ones too with include_delinked)."""
         if account_id is None:
             return self._all(self._DEVICE_VIEW + " ORDER BY d.device_id")
-        return self._all(self._DEVICE_VIEW + " WHERE d.account_id = ? ORDER BY d.device_id", (account_id,))
+        linked = "" if include_delinked else " AND d.delinked_at IS NULL"
+        return self._all(self._DEVICE_VIEW + " WHERE d.account_id = ?" + linked + " ORDER BY d.device_id",
+                         (account_id,))
 
-    def device_ids(self, account_id: int) -> list[str]:
+    def device_ids(self, account_id: int, *, include_delinked: bool = False) -> list[str]:
+        """An account's device ids; delinked devices (still remembered for a restore) only on request."""
+        linked = "" if include_delinked else " AND delinked_at IS NULL"
         return [r["device_id"] for r in self._all(
-            "SELECT device_id FROM devices WHERE account_id = ? ORDER BY device_id", (account_id,)
+            "SELECT device_id FROM devices WHERE account_id = ?" + linked + " ORDER BY device_id", (account_id,)
         )]
+
+    def delinked_devices(self, account_id: int) -> list[dict[str, Any]]:
+        return self._all(self._DEVICE_VIEW + " WHERE d.account_id = ? AND d.delinked_at IS NOT NULL "
+                         "ORDER BY d.device_id", (account_id,))
+
+    def set_delinked(self, device_id: str, at: float | None) -> None:
+        """Mark a device delinked at `at` (it keeps its account for a restore), or linked again (None)."""
+        self._x("UPDATE devices SET delinked_at = ? WHERE device_id = ?", (at, device_id))
 
     # --- status and heartbeats -----------------------------------------------------------
 
     def status(self, device_id: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM device_status WHERE device_id = ?", (device_id,))
+        return self._one("SELECT * FROM device_status WHERE device_id = ?" + self._for_update, (device_id,))
 
     def set_status(self, device_id: str, status: str, at: float, reason: str) -> None:
         self._x(
@@ -287,7 +301,7 @@ class Registry:
     # --- desired state -------------------------------------------------------------------
 
     def desired(self, device_id: str) -> dict[str, Any] | None:
-        return self._one("SELECT * FROM desired WHERE device_id = ?", (device_id,))
+        return self._one("SELECT * FROM desired WHERE device_id = ?" + self._for_update, (device_id,))
 
     def all_desired(self, unpublished_only: bool = False) -> list[dict[str, Any]]:
         where = " WHERE published_at IS NULL" if unpublished_only else ""
@@ -478,3 +492,98 @@ class Registry:
             params.append(after_id)
         sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(where) if where else "")
         return self._all(sql + " ORDER BY id DESC LIMIT ?", (*params, limit))[::-1]
+
+    # --- account lifecycle (rules in lifecycle.py / accounts.py) -------------------------
+
+    _LIFECYCLE_COLUMNS = frozenset({
+        "balance_cents", "state", "state_since", "currency", "price_list", "billing_anchor", "bill_month",
+        "sleep_since", "sleep_month", "next_due_at",
+    })
+
+    def set_account_fields(self, account_id: int, **fields: Any) -> None:
+        """Update lifecycle columns of one account (names checked against a fixed list)."""
+        bad = set(fields) - self._LIFECYCLE_COLUMNS
+        if bad or not fields:
+            raise RegistryError(f"cannot set account columns {sorted(bad) or 'none'}")
+        cols = ", ".join(f"{k} = :{k}" for k in fields)
+        self._x(f"UPDATE accounts SET {cols} WHERE id = :id", {**fields, "id": account_id})
+
+    def due_account_ids(self, now: float) -> list[int]:
+        """Accounts with a lifecycle item due at or before `now` (oldest due first)."""
+        return [r["id"] for r in self._all(
+            "SELECT id FROM accounts WHERE next_due_at IS NOT NULL AND next_due_at <= ? AND state <> 'deleted' "
+            "ORDER BY next_due_at, id", (now,))]
+
+    def add_ledger(
+        self,
+        account_id: int,
+        at: float,
+        kind: str,
+        amount_cents: int,
+        balance_cents: int,
+        *,
+        device_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
+        """One money movement: amount_cents > 0 adds to the balance, < 0 takes from it."""
+        cur = self._x(
+            "INSERT INTO ledger (account_id, at, kind, amount_cents, balance_cents, device_id, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (account_id, at, kind, amount_cents, balance_cents, device_id,
+             json.dumps(detail or {}, separators=(",", ":"))),
+        )
+        return int(cur.lastrowid or 0)
+
+    def ledger(self, account_id: int, *, kind: str | None = None) -> list[dict[str, Any]]:
+        """An account's money movements, oldest first."""
+        where, params = "account_id = ?", [account_id]
+        if kind is not None:
+            where += " AND kind = ?"
+            params.append(kind)
+        rows = self._all("SELECT * FROM ledger WHERE " + where + " ORDER BY id", tuple(params))
+        for r in rows:
+            r["detail"] = json.loads(r["detail"])
+        return rows
+
+    def insert_feature(self, account_id: int, feature: str, monthly_cents: int, at: float) -> int:
+        cur = self._x(
+            "INSERT INTO account_features (account_id, feature, monthly_cents, added_at) VALUES (?, ?, ?, ?)",
+            (account_id, feature, monthly_cents, at),
+        )
+        return int(cur.lastrowid or 0)
+
+    def features(self, account_id: int, *, include_cancelled: bool = False) -> list[dict[str, Any]]:
+        where = "" if include_cancelled else " AND cancelled_at IS NULL"
+        return self._all("SELECT * FROM account_features WHERE account_id = ?" + where + " ORDER BY id",
+                         (account_id,))
+
+    def cancel_feature(self, feature_row_id: int, at: float) -> None:
+        self._x("UPDATE account_features SET cancelled_at = ? WHERE id = ? AND cancelled_at IS NULL",
+                (at, feature_row_id))
+
+    def add_notification(
+        self,
+        account_id: int,
+        kind: str,
+        text: str,
+        at: float,
+        *,
+        device_id: str | None = None,
+        event_id: int | None = None,
+    ) -> int:
+        cur = self._x(
+            "INSERT INTO notifications (account_id, device_id, kind, text, at, event_id) VALUES (?, ?, ?, ?, ?, ?)",
+            (account_id, device_id, kind, text, at, event_id),
+        )
+        return int(cur.lastrowid or 0)
+
+    def notifications(
+        self, *, account_id: int | None = None, after_id: int = 0, limit: int = 1000
+    ) -> list[dict[str, Any]]:
+        """Notifications with id > after_id (an outbox cursor), oldest first."""
+        where, params = ["id > ?"], [after_id]
+        if account_id is not None:
+            where.append("account_id = ?")
+            params.append(account_id)
+        return self._all("SELECT * FROM notifications WHERE " + " AND ".join(where) + " ORDER BY id LIMIT ?",
+                         (*params, limit))
