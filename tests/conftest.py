@@ -43,6 +43,54 @@ def broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker | Mosquitt
         b.stop()
 
 
+# --- databases: SQLite always, PostgreSQL when it can run here ------------------------------
+#
+# SIMSOCK_TEST_PG=1 (CI): PostgreSQL is required, a missing server fails the tests that want it;
+# SIMSOCK_TEST_PG=0: skip PostgreSQL; unset: use it when the server binaries and psycopg exist.
+
+DB_BACKENDS = ["sqlite", "postgresql"]
+
+
+def _pg_skip_reason() -> str | None:
+    from cloud_stub.pgserver import PgServer
+
+    mode = os.environ.get("SIMSOCK_TEST_PG", "")
+    if mode == "0":
+        return "PostgreSQL tests disabled (SIMSOCK_TEST_PG=0)"
+    why = PgServer.unavailable()
+    if why and mode == "1":
+        return None  # required: let the fixture fail loudly
+    return f"PostgreSQL not available: {why}" if why else None
+
+
+def db_params() -> list:
+    """pytest params sqlite / postgresql (skipped with the reason when PostgreSQL cannot run)."""
+    why = _pg_skip_reason()
+    return [pytest.param("sqlite", id="sqlite"),
+            pytest.param("postgresql", id="postgresql", marks=[pytest.mark.skip(reason=why)] if why else [])]
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[object]:
+    """One throwaway PostgreSQL cluster for the whole test session (cloud_stub.pgserver)."""
+    from cloud_stub.pgserver import PgServer
+
+    why = _pg_skip_reason()
+    if why:
+        pytest.skip(why)
+    with PgServer() as server:
+        yield server
+
+
+@pytest.fixture(params=db_params())
+def registry_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database URL: sqlite:///<tmp>/r.db, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'r.db'}"
+    server = request.getfixturevalue("pg_server")
+    return server.create_database()  # type: ignore[attr-defined]
+
+
 def micropython_exe() -> str:
     exe = shutil.which("micropython")
     if exe is None:

@@ -30,8 +30,9 @@ class FakeClock:
 
 
 @pytest.fixture
-def reg(tmp_path: Path) -> Registry:
-    r = Registry(f"sqlite:///{tmp_path / 'r.db'}")
+def reg(registry_url: str) -> Registry:
+    """A fresh registry on SQLite and on PostgreSQL (tests/conftest.py registry_url)."""
+    r = Registry(registry_url)
     yield r
     r.close()
 
@@ -43,7 +44,8 @@ def test_sqlite_urls(tmp_path: Path) -> None:
     assert sqlite_path("sqlite:///rel/x.db") == "rel/x.db"
     assert sqlite_path("sqlite:////abs/x.db") == "/abs/x.db"
     assert sqlite_path("sqlite:///:memory:") == ":memory:"
-    for bad, words in (("postgresql://u@h/db", "not supported yet"), ("postgres://h/db", "not supported yet"),
+    for bad, words in (("postgresql://u@h/db", "cannot connect"), ("postgres://u@127.0.0.1:1/db", "cannot connect"),
+                       ("postgresql://u@h/", "no database name"), ("postgresql://u@h:x/db", "bad database URL"),
                        ("mysql://h/db", "not supported"), ("x.db", "expected sqlite"), ("sqlite://x.db", "expected"),
                        ("http://x/y", "unknown scheme"), ("sqlite:///x.db?mode=ro", "query")):
         with pytest.raises(RegistryError, match=words):
