@@ -5,7 +5,9 @@
         served.cloud.create_account("acme", 2000)
 
 `broker` is `embedded` (amqtt in this process), `mosquitto` (a private Mosquitto process
-on a loopback port) or `mqtt://host:port` (a broker someone else runs).
+on a loopback port) or `mqtt://host:port` (a broker someone else runs). With `http_port`
+the HTTP API (cloud_stub/api) is served too, on `http_host:http_port` (0: a free port),
+and `served.api_url` says where.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Served:
     cloud: Cloud
     broker_url: str
     broker: EmbeddedBroker | MosquittoBroker | None  # the broker we started, None for mqtt://
+    api_url: str | None = None  # the HTTP API, when serve() was asked for it (http_port)
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -64,6 +67,8 @@ def serve(
     host: str = "127.0.0.1",
     port: int | None = None,
     connect_timeout: float = 10.0,
+    http_port: int | None = None,
+    http_host: str = "127.0.0.1",
     **cloud_options: Any,
 ) -> Iterator[Served]:
     """Start the broker (unless given by URL) and a connected Cloud; stop both on exit.
@@ -82,7 +87,13 @@ def serve(
         cloud = Cloud(url, db, **cloud_options)
         try:
             cloud.start(connect_timeout)
-            yield Served(cloud, url, own)
+            if http_port is None:
+                yield Served(cloud, url, own)
+            else:
+                from cloud_stub.api import ApiServer, create_app  # FastAPI only when asked for
+
+                with ApiServer(create_app(cloud), http_host, http_port) as api:
+                    yield Served(cloud, url, own, api.url)
         finally:
             cloud.close()
     finally:
