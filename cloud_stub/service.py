@@ -28,6 +28,19 @@ Ingestion (topics of docs/protocol.md):
 - `ack`: command acks and desired-state acks; an ok desired ack sets the applied version.
 - `alert`: stored as an event.
 
+Several workers (scale, docs/scale.md): `Cloud(..., worker_group="ingest")` subscribes
+through MQTT shared subscriptions (`$share/ingest/simsock/v1/+/hb`, …), so N processes on
+one database split the unit-to-cloud stream between them (Mosquitto 2, EMQX, HiveMQ; the
+embedded amqtt 0.12 broker has no shared subscriptions: one worker there). Every state
+lives in the database, so any worker can take any message. `publisher=False` makes a
+pure ingest worker: it never publishes desired state (no re-publish on connect, no
+sweep of unpublished states; account changes it makes are left for the publisher's
+sweep); exactly one process (or all: desired states are retained and versioned, so a
+duplicate is harmless) keeps `publisher=True`. Heartbeat timeouts are swept by every
+worker (idempotent: re-checked under a row lock). Shared subscriptions receive no
+retained messages, so a worker never sees a unit's retained `status` at subscribe time;
+timeouts and the next heartbeat keep the status right.
+
 A device has converged when the version it last reported applied (ack or heartbeat) is
 at least its latest desired version. Acks the cloud misses while it is disconnected are
 not lost for convergence: the next heartbeat carries the applied version.
@@ -105,7 +118,13 @@ class Cloud:
         keepalive: int = 30,
         reconnect_delay: tuple[float, float] = (0.2, 5.0),
         clock: Clock = time.time,
+        worker_group: str | None = None,
+        publisher: bool = True,
     ) -> None:
+        if worker_group is not None and (not worker_group or any(c in worker_group for c in "/+#$ ")):
+            raise ValueError(f"bad worker_group {worker_group!r}: a plain name (no / + # $ or spaces)")
+        self.worker_group = worker_group
+        self.publisher = publisher
         self.broker_url = broker_url
         self.host, self.port = parse_broker_url(broker_url)
         if hb_interval <= 0 or hb_timeout_factor <= 1 or (hb_timeout is not None and hb_timeout <= 0):
@@ -120,7 +139,7 @@ class Cloud:
         self.keepalive = keepalive
         self.reconnect_delay = reconnect_delay
         self.clock = clock
-        self.accounts = Accounts(self.registry, publish=self._publish_desired, clock=clock)
+        self.accounts = Accounts(self.registry, publish=self._publish_desired if publisher else None, clock=clock)
 
         self._client: mqtt.Client | None = None
         self._connected = threading.Event()
@@ -222,15 +241,20 @@ class Cloud:
             log.warning("broker %s refused the connection: %s", self.broker_url, reason_code)
             return
         for leaf in protocol.UNIT_TO_CLOUD:
-            client.subscribe(protocol.subscription(leaf), qos=1)
+            client.subscribe(self.subscription(leaf), qos=1)
         self._listening_since = self.clock()
         self._link_up = True
-        n = self.republish_all()
+        n = self.republish_all() if self.publisher else 0
         self.connections += 1
         self._connected.set()  # start() and wait_connected() return once subscribed and re-published
         log.info("connected to %s (connection %d), re-published %d desired states", self.broker_url,
                  self.connections, n)
         self._fire("connection", None, connected=True, republished=n, connections=self.connections)
+
+    def subscription(self, leaf: str) -> str:
+        """The filter this cloud subscribes for `leaf`: shared (`$share/<group>/…`) in a worker group."""
+        plain = protocol.subscription(leaf)
+        return plain if self.worker_group is None else f"$share/{self.worker_group}/{plain}"
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         was = self._connected.is_set()
@@ -380,6 +404,8 @@ class Cloud:
                               detail={"from": "online", "to": "offline", "reason": "hb_timeout",
                                       "silent_s": round(now - since, 3), "timeout_s": timeout})
             self._fire("status", st["device_id"], old="online", status="offline", reason="hb_timeout")
+        if not self.publisher:
+            return
         for d in self.registry.all_desired(unpublished_only=True):
             self._publish_and_mark(Desired(d["device_id"], d["version"], d["mode"]))
 
