@@ -26,9 +26,9 @@ DEFAULT_TEMP_C = 21.5
 DEFAULT_SIGNAL = -71
 
 
-def _read_json(path):
+def _read_json(path, size=4096):
     with open(path, "rb") as f:
-        data = f.read(4096)
+        data = f.read(size)
     try:
         return json.loads(data)
     except ValueError:
@@ -93,7 +93,9 @@ class Board:
         if key == self._in_key and st[8] < time.time() - 2:
             return
         try:
-            inp = _read_json(path)
+            inp = _read_json(path, st[6] or 1)  # only the file's bytes: this runs every poll
+        except MemoryError:
+            raise  # not "the file is being replaced": the unit must not run on stale inputs silently
         except Exception:  # noqa: BLE001 - being replaced right now; keep old values
             return
         if type(inp) is not dict:
