@@ -383,6 +383,55 @@ class Registry:
         )
         return None if row is None else self._ack(row)
 
+    # --- MQTT credentials (hashes only; see cloud_stub/credentials.py) ------------------
+
+    def live_credential(self, username: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM credentials WHERE username = ? AND revoked_at IS NULL", (username,))
+
+    def live_credentials(self) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM credentials WHERE revoked_at IS NULL ORDER BY username")
+
+    def credential_history(self, username: str) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM credentials WHERE username = ? ORDER BY id", (username,))
+
+    def insert_credential(self, username: str, pw_hash: str, at: float) -> int:
+        """A new live credential; the previous live one (if any) is revoked as `reissued`, synced at `at`."""
+        with self.transaction():
+            self._x(
+                "UPDATE credentials SET revoked_at = ?, revoke_reason = 'reissued', broker_synced_at = ? "
+                "WHERE username = ? AND revoked_at IS NULL",
+                (at, at, username),
+            )
+            cur = self._x(
+                "INSERT INTO credentials (username, pw_hash, created, broker_synced_at) VALUES (?, ?, ?, ?)",
+                (username, pw_hash, at, at),
+            )
+            return int(cur.lastrowid or 0)
+
+    def revoke_credential(self, username: str, at: float, reason: str) -> bool:
+        """Revoke the live credential of `username` (broker sync pending); False if there was none."""
+        cur = self._x(
+            "UPDATE credentials SET revoked_at = ?, revoke_reason = ?, broker_synced_at = NULL "
+            "WHERE username = ? AND revoked_at IS NULL",
+            (at, reason, username),
+        )
+        return cur.rowcount > 0
+
+    def unsynced_revocations(self) -> list[str]:
+        """Usernames revoked here whose removal the broker has not confirmed yet (and not re-issued since)."""
+        return [r["username"] for r in self._all(
+            "SELECT DISTINCT c.username FROM credentials c WHERE c.revoked_at IS NOT NULL "
+            "AND c.broker_synced_at IS NULL AND NOT EXISTS (SELECT 1 FROM credentials l "
+            "WHERE l.username = c.username AND l.revoked_at IS NULL) ORDER BY c.username"
+        )]
+
+    def mark_revocation_synced(self, username: str, at: float) -> None:
+        self._x(
+            "UPDATE credentials SET broker_synced_at = ? WHERE username = ? AND revoked_at IS NOT NULL "
+            "AND broker_synced_at IS NULL",
+            (at, username),
+        )
+
     # --- events --------------------------------------------------------------------------
 
     def add_event(

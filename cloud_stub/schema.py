@@ -187,6 +187,23 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX notifications_account ON notifications(account_id, id);
         """,
     ),
+    (
+        4,
+        "per-unit MQTT credentials (hash only), revocations and their broker sync",
+        """
+        CREATE TABLE credentials (
+            id INTEGER PRIMARY KEY,
+            username TEXT NOT NULL,
+            pw_hash TEXT NOT NULL,
+            created REAL NOT NULL,
+            revoked_at REAL,
+            revoke_reason TEXT,
+            broker_synced_at REAL
+        );
+        CREATE UNIQUE INDEX credentials_live ON credentials(username) WHERE revoked_at IS NULL;
+        CREATE INDEX credentials_username ON credentials(username, id);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)  # numbers are assigned per change, not by list order
