@@ -51,6 +51,8 @@ they run on the MQTT thread and must return quickly (queue the event for a UI).
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import statistics
 import threading
@@ -60,12 +62,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 
-from cloud_stub import protocol, views
+from cloud_stub import acl, protocol, views
 from cloud_stub.accounts import Account, Accounts, Change, Clock, Desired, format_cents
+from cloud_stub.credentials import CredentialError, check_unit_username, hash_password, new_password
 from cloud_stub.registry import DEFAULT_DB_URL, NotFound, Registry
 
 log = logging.getLogger("simsock.cloud")
@@ -89,6 +92,20 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     if parts.scheme != "mqtt" or not parts.hostname or parts.path not in ("", "/") or parts.query:
         raise BrokerURLError(f"bad broker URL {url!r}: expected mqtt://host:port")
     return parts.hostname, port or 1883
+
+
+def broker_credentials(url: str) -> tuple[str, str] | None:
+    """(username, password) of `mqtt://user:password@host:port`, None without credentials."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return None
+    return unquote(parts.username), unquote(parts.password or "")
+
+
+def public_url(url: str) -> str:
+    """The broker URL without credentials (for logs and messages)."""
+    host, port = parse_broker_url(url)
+    return f"mqtt://{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -125,8 +142,11 @@ class Cloud:
             raise ValueError(f"bad worker_group {worker_group!r}: a plain name (no / + # $ or spaces)")
         self.worker_group = worker_group
         self.publisher = publisher
-        self.broker_url = broker_url
         self.host, self.port = parse_broker_url(broker_url)
+        self.broker_url = public_url(broker_url)  # no password in logs and messages
+        self.credentials = broker_credentials(broker_url)  # the service account (docs/security.md)
+        self._control_lock = threading.Lock()
+        self._control_waiting: dict[str, list[Any]] = {}
         if hb_interval <= 0 or hb_timeout_factor <= 1 or (hb_timeout is not None and hb_timeout <= 0):
             raise ValueError("hb_interval and hb_timeout must be > 0, hb_timeout_factor > 1")
         self._own_registry = not isinstance(db, Registry)
@@ -166,6 +186,8 @@ class Cloud:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        if self.credentials is not None:
+            c.username_pw_set(*self.credentials)
         self._client = c
         c.connect_async(self.host, self.port, keepalive=self.keepalive)
         c.loop_start()
@@ -242,6 +264,8 @@ class Cloud:
             return
         for leaf in protocol.UNIT_TO_CLOUD:
             client.subscribe(self.subscription(leaf), qos=1)
+        if self.credentials is not None:
+            client.subscribe(acl.CONTROL_RESPONSE, qos=1)
         self._listening_since = self.clock()
         self._link_up = True
         n = self.republish_all() if self.publisher else 0
@@ -265,6 +289,9 @@ class Cloud:
         self._fire("connection", None, connected=False, reason=str(reason_code))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == acl.CONTROL_RESPONSE:
+            self._control_response(bytes(msg.payload))
+            return
         try:
             device_id, leaf = protocol.parse_topic(msg.topic)
             handler = {
@@ -389,6 +416,7 @@ class Cloud:
         """One pass: time out silent online devices, publish desired states stored unpublished."""
         if not self.connected:
             return  # silence while we cannot hear is not the units' fault
+        self.sync_revocations()
         now = self.clock()
         for st in self.registry.online_devices():
             since = max(st.get("last_seen") or 0.0, self._listening_since)
@@ -458,6 +486,110 @@ class Cloud:
         self._fire("account", None, account_id=a.id, state=a.state, old_state=change.old_state,
                    balance_cents=a.balance_cents, desired=[d.__dict__ for d in change.desired])
         return change
+
+    # --- unit credentials (docs/security.md) ---------------------------------------------
+    #
+    # The broker's dynamic-security API (`$CONTROL/dynamic-security/v1`), which Mosquitto's
+    # plugin and the embedded broker both serve, over this cloud's own connection. Call these
+    # from any thread but paho's (they wait for the broker's answer, which paho's thread brings).
+
+    def issue_credentials(self, device_id: str, timeout: float = 5.0) -> tuple[str, str]:
+        """New MQTT credentials for a unit: (username = device_id, password). The password is
+        returned once and never stored; any previous credentials of the unit stop working
+        (and its connection is closed). ConnectionError/CredentialError leave nothing changed."""
+        username = check_unit_username(device_id)
+        password = new_password()
+        pw_hash = hash_password(password)
+        role = acl.unit_role(username)
+        self._control([
+            {"command": "deleteClient", "username": username},
+            {"command": "deleteRole", "rolename": role},
+            {"command": "createRole", "rolename": role, "acls": acl.unit_acls(username)},
+            {"command": "createClient", "username": username, "password": password, "clientid": username,
+             "roles": [{"rolename": role}]},
+        ], timeout, ignore=("Client not found", "Role not found"))
+        now = self.clock()
+        try:
+            with self.registry.transaction() as reg:
+                reg.ensure_device(username, now)
+                reg.insert_credential(username, pw_hash, now)
+                reg.add_event("credentials.issued", now, device_id=username)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the broker must not keep what the registry does not
+                self._control([{"command": "deleteClient", "username": username}], timeout,
+                              ignore=("Client not found",))
+            raise
+        self._fire("credentials", username, issued=True)
+        return username, password
+
+    def revoke_credentials(self, device_id: str, reason: str = "revoked", timeout: float = 5.0) -> bool:
+        """Revoke a unit's credentials: the broker deletes the client (closing its connection at
+        once) and refuses it from then on. NotFound if it has no live credentials. Returns True
+        once the broker confirmed; False if it could not be reached now (the sweeper retries)."""
+        now = self.clock()
+        with self.registry.transaction() as reg:
+            if not reg.revoke_credential(device_id, now, reason):
+                raise NotFound(f"{device_id!r} has no live credentials")
+            reg.add_event("credentials.revoked", now, device_id=device_id, detail={"reason": reason})
+        self._fire("credentials", device_id, revoked=True, reason=reason)
+        return self._push_revocation(device_id, timeout)
+
+    def _push_revocation(self, username: str, timeout: float) -> bool:
+        try:
+            self._control([{"command": "deleteClient", "username": username},
+                           {"command": "deleteRole", "rolename": acl.unit_role(username)}],
+                          timeout, ignore=("Client not found", "Role not found"))
+        except (ConnectionError, CredentialError) as exc:
+            log.warning("revocation of %s not confirmed by the broker yet: %s", username, exc)
+            return False
+        self.registry.mark_revocation_synced(username, self.clock())
+        return True
+
+    def sync_revocations(self) -> int:
+        """Push revocations the broker has not confirmed (made while disconnected, or by another process)."""
+        if self.credentials is None:
+            return 0
+        return sum(self._push_revocation(u, 2.0) for u in self.registry.unsynced_revocations())
+
+    def _control(self, commands: list[dict[str, Any]], timeout: float, ignore: tuple[str, ...] = ()) -> list[Any]:
+        c = self._client
+        if self.credentials is None:
+            raise CredentialError("this cloud has no service account (broker URL without user:password)")
+        if c is None or not self._link_up:
+            raise ConnectionError(f"not connected to the broker {self.broker_url}")
+        if threading.current_thread() is getattr(c, "_thread", None):
+            raise RuntimeError("credentials cannot be changed from the MQTT thread (a listener)")
+        tag = uuid.uuid4().hex
+        for i, cmd in enumerate(commands):
+            cmd["correlationData"] = f"{tag}:{i}"
+        done = threading.Event()
+        slot: list[Any] = [done]
+        with self._control_lock:  # one request at a time: simple, and credentials change rarely
+            self._control_waiting[tag] = slot
+            try:
+                info = c.publish(acl.CONTROL_TOPIC, json.dumps({"commands": commands}), qos=1)
+                if info.rc != mqtt.MQTT_ERR_SUCCESS or not done.wait(timeout):
+                    raise ConnectionError(f"the broker {self.broker_url} did not answer a credentials request")
+            finally:
+                self._control_waiting.pop(tag, None)
+        responses = slot[1]
+        for r in responses:
+            err = r.get("error")
+            if err and err not in ignore:
+                raise CredentialError(f"broker refused {r.get('command')}: {err}")
+        return responses
+
+    def _control_response(self, payload: bytes) -> None:
+        try:
+            responses = json.loads(payload)["responses"]
+            tag = str(responses[0].get("correlationData", "")).split(":")[0]
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            log.warning("unreadable dynamic-security response: %r", payload[:200])
+            return
+        slot = self._control_waiting.get(tag)
+        if slot is not None and len(slot) == 1:
+            slot.append(responses)
+            slot[0].set()
 
     # --- commands ------------------------------------------------------------------------
 
