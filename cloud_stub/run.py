@@ -76,6 +76,9 @@ def serve(
     `port` applies to a broker started here (default: a free port). `cloud_options` go to
     `Cloud(...)` (hb_interval, hb_timeout, hb_timeout_factor, sweep_interval, clock, …).
     """
+    if broker == "embedded" and cloud_options.get("worker_group"):
+        raise BrokerURLError("the embedded broker (amqtt 0.12) has no shared subscriptions: worker_group needs "
+                             "--broker mosquitto or the mqtt:// URL of a broker that has them (docs/scale.md)")
     own = None
     if broker in BROKER_KINDS:
         own = start_broker(broker, host, port)
