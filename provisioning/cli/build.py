@@ -55,7 +55,7 @@ def build_cmd(
             min_free=parse_size(min_free),
         )
     except BuildError as exc:
-        console.print(f"[bold red]build refused:[/] {exc}", highlight=False)
+        Console(stderr=True).print(f"[bold red]build refused:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
     man, info = result.manifest, result.info
