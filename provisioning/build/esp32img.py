@@ -213,7 +213,7 @@ def merge(mpbin: MicroPythonBin, fs_image: bytes, part: FsPartition, chip: str =
         )
     if len(fs_image) != part.size:
         raise BuildError(f"filesystem image is {len(fs_image)} bytes, the partition {part.size}")
-    from esptool.cmds import merge_bin
+    from esptool.cmds import merge_bin  # type: ignore[import-untyped]
 
     merged = merge_bin(
         [(mpbin.offset, mpbin.data), (part.offset, fs_image)],

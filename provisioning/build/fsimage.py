@@ -29,6 +29,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 from littlefs import LittleFS, LittleFSError, UserContext
 
@@ -63,12 +64,8 @@ def _open(buffer: bytearray, params: LfsParams) -> LittleFS:
     # mount=False always: LittleFS(mount=True) silently *formats* an image it cannot mount.
     if len(buffer) % params.block_size:
         raise BuildError(f"image size {len(buffer)} is not a multiple of the block size {params.block_size}")
-    return LittleFS(
-        context=UserContext(buffer=buffer),
-        mount=False,
-        block_count=len(buffer) // params.block_size,
-        **params.as_dict(),
-    )
+    cfg: dict[str, Any] = {**params.as_dict(), "block_count": len(buffer) // params.block_size}
+    return LittleFS(context=UserContext(buffer=buffer), mount=False, **cfg)
 
 
 def _dirs_of(path: str) -> list[str]:

@@ -41,7 +41,7 @@ def canonical(obj: Any) -> bytes:
 
 def file_entries(root: Path) -> list[dict[str, Any]]:
     """path/size/sha256 of every file under `root` except the manifest itself, sorted by path."""
-    out = []
+    out: list[dict[str, Any]] = []
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
         if not p.is_file() or rel == MANIFEST or rel.startswith(".") or "/." in rel:
