@@ -1,4 +1,4 @@
-"""`simsock cloud …`: run the local cloud stand-in."""
+"""`simsock cloud …`: run the local cloud stand-in (broker, cloud, HTTP API)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from cloud_stub import auth
 from cloud_stub.registry import DEFAULT_DB_URL, RegistryError
 from cloud_stub.run import serve
 from cloud_stub.service import BrokerURLError, CloudEvent
@@ -64,9 +65,14 @@ def serve_cmd(
         float | None,
         typer.Option(help="Fixed heartbeat timeout (s); default 2.5 x each unit's heartbeat interval."),
     ] = None,
+    http_port: Annotated[int, typer.Option(help="Port of the HTTP API (0: any free port).")] = 8080,
+    http_host: Annotated[str, typer.Option(help="Address of the HTTP API.")] = "127.0.0.1",
+    bootstrap_token: Annotated[
+        bool, typer.Option("--bootstrap-token", help="Create and print a fresh admin API token (for local use).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print live events.")] = False,
 ) -> None:
-    """Run the cloud (and a broker) until Ctrl-C."""
+    """Run the cloud, a broker and the HTTP API until Ctrl-C."""
     console = Console()
     if (hb_timeout is not None and hb_timeout <= 0) or hb_interval <= 0:
         raise fail("--hb-interval and --hb-timeout must be greater than zero")
@@ -78,11 +84,21 @@ def serve_cmd(
     # SIGINT too: a shell starts background jobs with SIGINT ignored, and Python then has no KeyboardInterrupt
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with serve(broker, db, host=host, port=port, hb_interval=hb_interval, hb_timeout=hb_timeout) as served:
+        with serve(broker, db, host=host, port=port, hb_interval=hb_interval, hb_timeout=hb_timeout,
+                   http_port=http_port, http_host=http_host) as served:
             remove = served.cloud.add_listener(lambda e: console.print(_event_line(e), highlight=False))
             if quiet:
                 remove()
-            console.print(f"[bold]simsock cloud[/] broker [green]{served.broker_url}[/]  db {escape(db)}")
+            console.print(f"[bold]simsock cloud[/] broker [green]{served.broker_url}[/]  "
+                          f"api [green]{served.api_url}[/]  db {escape(db)}", highlight=False, soft_wrap=True)
+            if bootstrap_token:
+                cloud = served.cloud
+                _, secret = auth.create_token(cloud.registry, "bootstrap", auth.Role.ADMIN.value,
+                                              actor=auth.local_actor(), at=cloud.clock(),
+                                              via="simsock cloud serve --bootstrap-token")
+                console.print(f"admin token (shown once): {secret}", highlight=False, soft_wrap=True)
+                console.print(f"  export SIMSOCK_API={served.api_url} SIMSOCK_TOKEN={secret}", highlight=False,
+                              soft_wrap=True, style="dim")
             console.print("Ctrl-C to stop.", style="dim")
             try:
                 while not stop.wait(0.5):
