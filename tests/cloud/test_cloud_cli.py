@@ -1,9 +1,11 @@
-"""`simsock cloud …` and `simsock account …`: typer's CliRunner in-process, `cloud serve` as a real process."""
+"""`simsock cloud serve` (CliRunner in-process for refusals, a real process otherwise).
+
+The `simsock account …` commands go through the HTTP API now: tests/api/test_api_cli.py."""
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -12,12 +14,11 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
 from typer.testing import CliRunner
 
-from cloud_stub import protocol
 from cloud_stub.broker import free_port
 from cloud_stub.registry import Registry
+from provisioning.api_client import ApiClient
 from provisioning.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,44 +27,6 @@ runner = CliRunner()
 
 def sim(*args: str) -> object:
     return runner.invoke(app, list(args), catch_exceptions=False)
-
-
-def snapshot(db_url: str) -> tuple:
-    with Registry(db_url) as r:
-        return r.accounts(), r.events(limit=10_000), r.all_desired(), r.devices()
-
-
-def test_account_commands_publish_desired_state(broker, db_url, probe) -> None:
-    r = sim("account", "create", "acme", "--balance", "10", "--db", db_url)
-    assert r.exit_code == 0 and "state active" in r.output
-    r = sim("account", "add-device", "acme", "dev-1", "--serial", "SN1", "--db", db_url, "--broker", broker.url)
-    assert r.exit_code == 0 and "v1 active" in r.output and "published" in r.output
-    r = sim("account", "charge", "acme", "12.50", "--reason", "march", "--db", db_url, "--broker", broker.url)
-    assert r.exit_code == 0 and "balance -2.50" in r.output and "was active" in r.output
-    msgs = probe(protocol.topic("dev-1", "desired"))
-    assert msgs and all(m.retain for m in msgs)
-    assert {json.loads(m.payload)["v"] for m in msgs} == {2}
-
-    r = sim("account", "topup", "1", "5", "--db", db_url, "--broker", broker.url)  # by id
-    assert r.exit_code == 0 and "state active" in r.output and "v3 active" in r.output
-    r = sim("account", "show", "acme", "--db", db_url)
-    assert r.exit_code == 0
-    assert "acme" in r.output and "2.50" in r.output and "dev-1" in r.output and "pending" in r.output
-    assert "converged 0/1" in r.output
-    r = sim("account", "list", "--db", db_url)
-    assert r.exit_code == 0 and "acme" in r.output
-
-
-def test_account_commands_drive_a_running_cloud(cloud, units, db_url, broker) -> None:
-    u = units("u1")
-    assert sim("account", "create", "shop", "--balance", "3", "--db", db_url).exit_code == 0
-    assert sim("account", "add-device", "shop", "u1", "--db", db_url, "--broker", broker.url).exit_code == 0
-    assert cloud.wait_converged("shop", 5)
-    assert sim("account", "charge", "shop", "3", "--db", db_url, "--broker", broker.url).exit_code == 0
-    assert cloud.wait_converged("shop", 5) and u.mode == "suspended"
-    assert cloud.account("shop")["state"] == "suspended"
-    r = sim("account", "show", "shop", "--db", db_url)
-    assert "converged 1/1" in r.output and "yes" in r.output
 
 
 def test_cloud_publishes_what_the_cli_stored_but_could_not_publish(cloud, units, db_url) -> None:
@@ -78,42 +41,6 @@ def test_cloud_publishes_what_the_cli_stored_but_could_not_publish(cloud, units,
     assert u.applied_v == 1
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["account", "charge", "nobody", "1"], "unknown account 'nobody'"),
-        (["account", "charge", "acme", "-5"], "must not be negative"),
-        (["account", "topup", "acme", "0"], "greater than zero"),
-        (["account", "charge", "acme", "1.234"], "two decimals"),
-        (["account", "charge", "acme", "lots"], "bad amount"),
-        (["account", "charge", "acme", "1", "--broker", "http://x:1"], "bad broker URL"),
-        (["account", "charge", "acme", "1", "--broker", "UNREACHABLE"], "cannot reach the MQTT broker"),
-        (["account", "add-device", "acme", "dev-1", "--broker", "UNREACHABLE"], "cannot reach the MQTT broker"),
-        (["account", "add-device", "nobody", "dev-1"], "unknown account"),
-        (["account", "create", "acme"], "already exists"),
-        (["account", "create", "42"], "all digits"),
-        (["account", "create", "x", "--balance", "-1"], "must not be negative"),
-        (["account", "show", "nobody"], "unknown account"),
-        (["account", "show", "acme", "--db", "postgresql://u@127.0.0.1:1/db"], "cannot connect"),
-        (["account", "show", "acme", "--db", "nope.db"], "bad database URL"),
-    ],
-)
-def test_bad_input_fails_cleanly_and_writes_nothing(db_url: str, args: list[str], message: str) -> None:
-    assert sim("account", "create", "acme", "--balance", "5", "--db", db_url).exit_code == 0
-    before = snapshot(db_url)
-    unreachable = f"mqtt://127.0.0.1:{free_port()}"
-    args = [unreachable if a == "UNREACHABLE" else a for a in args]
-    if "--db" not in args:
-        args += ["--db", db_url]
-    if "--broker" not in args and args[1] in ("charge", "topup", "add-device"):
-        args += ["--broker", unreachable]
-    r = sim(*args)
-    assert r.exit_code != 0
-    assert message in r.output
-    assert "Traceback" not in r.output
-    assert snapshot(db_url) == before
-
-
 def test_serve_refuses_a_busy_port(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -123,6 +50,13 @@ def test_serve_refuses_a_busy_port(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "already in use" in r.output
     r = sim("cloud", "serve", "--broker", "tcp://x", "--db", f"sqlite:///{tmp_path / 'c.db'}")
     assert r.exit_code == 1 and "bad broker URL" in r.output
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        http_port = s.getsockname()[1]
+        r = sim("cloud", "serve", "--port", str(free_port()), "--http-port", str(http_port),
+                "--db", f"sqlite:///{tmp_path / 'c.db'}")
+    assert r.exit_code == 1 and f"HTTP port 127.0.0.1:{http_port} is not available" in r.output, r.output
 
 
 def test_cloud_serve_runs_until_interrupted(tmp_path: Path) -> None:
@@ -131,13 +65,25 @@ def test_cloud_serve_runs_until_interrupted(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
     proc = subprocess.Popen(
         [sys.executable, "-c", "from provisioning.cli import app; app()", "cloud", "serve",
-         "--port", str(port), "--db", db, "--hb-timeout", "30"],
+         "--port", str(port), "--db", db, "--hb-timeout", "30", "--http-port", "0", "--bootstrap-token"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
     )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
         assert f"mqtt://127.0.0.1:{port}" in line, line
+        api_url = re.search(r"api (http://127\.0\.0\.1:\d+)", line).group(1)
+        token = None
+        for _ in range(5):  # other banner lines may come first
+            m = re.search(r"admin token \(shown once\): (sst_\S+)", proc.stdout.readline())
+            if m:
+                token = m.group(1)
+                break
+        assert token, "no admin token printed"
+        with ApiClient(api_url, token) as api:
+            assert api.me().role == "admin" and api.health().broker_connected
+            api.create_account("served", "5")
+            api.add_device("served", "sv-1")
         from conftest import FakeUnit  # tests/cloud/conftest.py
 
         unit = FakeUnit(SimpleNamespace(host="127.0.0.1", port=port), "sv-1").connect()
@@ -148,6 +94,9 @@ def test_cloud_serve_runs_until_interrupted(tmp_path: Path) -> None:
                 time.sleep(0.05)
             assert reg.heartbeat_count("sv-1") == 2
             assert reg.status("sv-1")["status"] == "online"
+        with ApiClient(api_url, token) as api:
+            assert api.device_status("sv-1").hb_count == 2
+            assert api.audit()[-1].action == "account.add_device"
         unit.disconnect()
         time.sleep(0.5)  # the live lines are printed just after the database commit
         proc.send_signal(signal.SIGINT)
