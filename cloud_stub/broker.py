@@ -2,6 +2,15 @@
 
 Both brokers expose the same small surface (host, port, start, stop, restart) so
 every integration test runs unchanged on the embedded broker and on Mosquitto.
+
+Both enforce per-unit credentials and the ACLs of `cloud_stub.acl` by default
+(docs/security.md): they boot from a dynamic-security document holding the cloud's
+service account (`broker.service`, generated unless given; `broker.service_url` is the
+URL with its credentials, for `Cloud(...)`) and the units' hashed credentials
+(`units=`, e.g. from `Registry.live_credentials()`), and they accept
+`$CONTROL/dynamic-security/v1` commands from the service account while running.
+`auth=False` is the open mode (anyone may connect and publish anything), kept for the
+raw MQTT-protocol tests only. `url` never carries credentials: it is what units use.
 """
 
 from __future__ import annotations
@@ -9,14 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
+
+from cloud_stub.credentials import ClientRecord, ServiceAccount
 
 
 class Broker(Protocol):
@@ -29,6 +42,9 @@ class Broker(Protocol):
 
     @property
     def url(self) -> str: ...
+
+    @property
+    def service_url(self) -> str: ...
 
 
 def free_port() -> int:
@@ -48,14 +64,48 @@ def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"broker did not listen on {host}:{port} within {timeout}s")
 
 
-class EmbeddedBroker:
+class _Auth:
+    """The credentials part both brokers share."""
+
+    host: str
+    port: int
+
+    def _init_auth(self, auth: bool, service: ServiceAccount | None, units: Iterable[ClientRecord]) -> None:
+        self.auth = auth
+        self.service = service or ServiceAccount.generate()
+        self._boot_units = list(units)
+
+    def _document(self) -> dict[str, Any]:
+        from cloud_stub.mosquitto_conf import dynsec_document
+
+        return dynsec_document(self.service, self._boot_units)
+
+    @property
+    def service_url(self) -> str:
+        """`mqtt://simsock-cloud:<password>@host:port` (just `url` in open mode)."""
+        if not self.auth:
+            return f"mqtt://{self.host}:{self.port}"
+        return self.service.url(self.host, self.port)
+
+
+class EmbeddedBroker(_Auth):
     """amqtt in a thread of its own: no server to install or start by hand."""
 
     name = "embedded"
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        *,
+        auth: bool = True,
+        service: ServiceAccount | None = None,
+        units: Iterable[ClientRecord] = (),
+    ) -> None:
         self.host = host
         self.port = port or free_port()
+        self._init_auth(auth, service, units)
+        self._store: Any = None  # amqtt_fixes.DynsecStore, made at the first start, kept across restarts
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._broker = None
@@ -69,11 +119,20 @@ class EmbeddedBroker:
     def _config(self) -> dict:
         return {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {"cloud_stub.amqtt_fixes.NamedSessionAuth": {}},
+            "plugins": {"cloud_stub.amqtt_fixes.CredentialAuth": {}, "cloud_stub.amqtt_fixes.CredentialTopics": {}},
         }
 
+    @property
+    def dynsec(self) -> Any:
+        """The live credential store (amqtt_fixes.DynsecStore), None in open mode or before start."""
+        return self._store
+
     def start(self) -> None:
-        from cloud_stub.amqtt_fixes import SessionScopedBroker as AmqttBroker
+        from cloud_stub.amqtt_fixes import DynsecStore
+        from cloud_stub.amqtt_fixes import EnforcingBroker as AmqttBroker
+
+        if self.auth and self._store is None:
+            self._store = DynsecStore(self._document())
 
         ready = threading.Event()
         error: list[BaseException] = []
@@ -83,7 +142,7 @@ class EmbeddedBroker:
             self._loop = loop
             asyncio.set_event_loop(loop)
             try:
-                self._broker = AmqttBroker(self._config(), loop=loop)
+                self._broker = AmqttBroker(self._config(), loop=loop, dynsec=self._store)
                 loop.run_until_complete(self._broker.start())
             except BaseException as exc:  # reported to the starting thread
                 error.append(exc)
@@ -141,14 +200,29 @@ async def _shutdown_amqtt(broker: object) -> None:
     await asyncio.wait_for(broker.shutdown(), 5)  # type: ignore[attr-defined]
 
 
-class MosquittoBroker:
-    """A real Mosquitto process on a loopback port, with persistence so a restart keeps retained state."""
+class MosquittoBroker(_Auth):
+    """A real Mosquitto process on a loopback port, with persistence so a restart keeps retained state.
+
+    With auth (default) it runs the dynamic-security plugin on `<workdir>/dynamic-security.json`,
+    written at the first start from the service account and `units`; Mosquitto keeps that file
+    up to date itself as the cloud changes credentials, so a restart keeps them.
+    """
 
     name = "mosquitto"
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, workdir: Path | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        workdir: Path | None = None,
+        *,
+        auth: bool = True,
+        service: ServiceAccount | None = None,
+        units: Iterable[ClientRecord] = (),
+    ) -> None:
         self.host = host
         self.port = port or free_port()
+        self._init_auth(auth, service, units)
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="simsock-mosq-"))
         self._proc: subprocess.Popen[bytes] | None = None
@@ -157,21 +231,30 @@ class MosquittoBroker:
     def available() -> bool:
         return executable() is not None
 
+    @staticmethod
+    def dynsec_available() -> bool:
+        from cloud_stub.mosquitto_conf import dynsec_plugin
+
+        return dynsec_plugin() is not None
+
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
     def _write_config(self) -> Path:
+        import json
+
+        from cloud_stub.mosquitto_conf import mosquitto_conf
+
+        dynsec = None
+        if self.auth:
+            dynsec = self.workdir / "dynamic-security.json"
+            if not dynsec.exists():  # later starts keep what Mosquitto saved there
+                fd = os.open(dynsec, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    json.dump(self._document(), f, indent=1)
         conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
-            f"persistence_location {self.workdir}/\n"
-            "autosave_interval 1\n"
-            f"log_dest file {self.workdir}/mosquitto.log\n"
-            "log_type error\nlog_type warning\nlog_type notice\n"
-        )
+        conf.write_text(mosquitto_conf(host=self.host, port=self.port, workdir=self.workdir, dynsec_json=dynsec))
         return conf
 
     def start(self) -> None:
@@ -210,9 +293,10 @@ def executable() -> str | None:
     )
 
 
-def make_broker(kind: str) -> EmbeddedBroker | MosquittoBroker:
+def make_broker(kind: str, **auth: Any) -> EmbeddedBroker | MosquittoBroker:
+    """`auth`: auth=, service=, units= as the brokers take them."""
     if kind == "embedded":
-        return EmbeddedBroker()
+        return EmbeddedBroker(**auth)
     if kind == "mosquitto":
-        return MosquittoBroker()
+        return MosquittoBroker(**auth)
     raise ValueError(f"unknown broker kind {kind!r} (embedded or mosquitto)")
