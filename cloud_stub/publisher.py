@@ -15,13 +15,14 @@ import paho.mqtt.client as mqtt
 
 from cloud_stub import protocol
 from cloud_stub.accounts import Desired
-from cloud_stub.service import parse_broker_url
+from cloud_stub.service import broker_credentials, parse_broker_url, public_url
 
 
 class DesiredPublisher:
     def __init__(self, broker_url: str, *, timeout: float = 5.0) -> None:
-        self.broker_url = broker_url
         self.host, self.port = parse_broker_url(broker_url)
+        self.broker_url = public_url(broker_url)  # never the password in a message
+        self.credentials = broker_credentials(broker_url)  # the service account: only it may publish desired
         self.timeout = timeout
         self._client: mqtt.Client | None = None
 
@@ -37,6 +38,8 @@ class DesiredPublisher:
             ready.set()
 
         c.on_connect = on_connect
+        if self.credentials is not None:
+            c.username_pw_set(*self.credentials)
         try:
             c.connect(self.host, self.port, keepalive=30)
         except OSError as exc:

@@ -130,7 +130,9 @@ def run_demo(
         cloud.add_listener(rec)
         account = cloud.create_account("demo", balance_cents=500)
         host, port = cloud.host, cloud.port
-        with Fleet(workdir / "units", prefix="sd", broker_host=host, broker_port=port, config=SCALED_CONFIG) as fleet:
+        # every unit gets its own MQTT credentials from the cloud; the broker enforces them (docs/security.md)
+        with Fleet(workdir / "units", prefix="sd", broker_host=host, broker_port=port, config=SCALED_CONFIG,
+                   issue_credentials=cloud.issue_credentials) as fleet:
             ids = [fleet.add().device_id for _ in range(units)]
             for device_id in ids:
                 cloud.add_device(account.id, device_id)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +30,13 @@ class Fleet:
         prefix: str = "vu",
         broker_host: str = "127.0.0.1",
         broker_port: int = 1883,
+        issue_credentials: Callable[[str], tuple[str, str]] | None = None,
         **unit_kwargs: Any,
     ) -> None:
+        """`issue_credentials(device_id) -> (username, password)`, e.g. `Cloud.issue_credentials`: every
+        unit added gets MQTT credentials from it (unless given mqtt_user/mqtt_pass); without it a unit
+        carries made-up credentials, which only an open broker accepts."""
+        self.issue_credentials = issue_credentials
         self.base = Path(base)
         self.prefix = prefix
         self.broker_host = broker_host
@@ -41,12 +46,18 @@ class Fleet:
         for _ in range(n):
             self.add()
 
+    def next_id(self) -> str:
+        """The device_id `add()` gives the next unit when none is named."""
+        return f"{self.prefix}-{len(self.units) + 1:04d}"
+
     def add(self, device_id: str | None = None, **overrides: Any) -> VirtualUnit:
         """One more unit; `overrides` replace this fleet's VirtualUnit keyword arguments for it."""
-        device_id = device_id or f"{self.prefix}-{len(self.units) + 1:04d}"
+        device_id = device_id or self.next_id()
         if any(u.device_id == device_id for u in self.units):
             raise ValueError(f"device_id {device_id!r} already in the fleet")
         kwargs = {"broker_host": self.broker_host, "broker_port": self.broker_port, **self.unit_kwargs, **overrides}
+        if self.issue_credentials is not None and "mqtt_pass" not in kwargs:
+            kwargs["mqtt_user"], kwargs["mqtt_pass"] = self.issue_credentials(device_id)
         unit = VirtualUnit(self.base / device_id, device_id, **kwargs)
         self.units.append(unit)
         return unit
