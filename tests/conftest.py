@@ -33,9 +33,22 @@ def _broker_params() -> list:
     return params
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "open_broker: the `broker` fixture runs without credentials and ACLs (raw MQTT protocol tests "
+        "with ad-hoc clients and topics; everything else runs against an enforcing broker)")
+
+
 @pytest.fixture(params=_broker_params())
 def broker(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker | MosquittoBroker]:
-    b = EmbeddedBroker() if request.param == "embedded" else MosquittoBroker()
+    """A running broker that enforces credentials and ACLs (docs/security.md).
+
+    `broker.url` is what units connect to (with credentials the cloud issued);
+    `broker.service_url` carries the cloud's service account (for Cloud(...) and observers;
+    `broker.service.username/.password`). Tests marked `open_broker` get the open mode.
+    """
+    auth = request.node.get_closest_marker("open_broker") is None
+    b = EmbeddedBroker(auth=auth) if request.param == "embedded" else MosquittoBroker(auth=auth)
     b.start()
     try:
         yield b

@@ -10,8 +10,12 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 
 V2 = mqtt.CallbackAPIVersion.VERSION2
+
+# Broker semantics with ad-hoc clients and topics: the open mode (the ACLs are tests/security's subject).
+pytestmark = pytest.mark.open_broker
 
 
 def _client(broker: Any, client_id: str, got: list, *, clean: bool = True, user: str | None = None) -> mqtt.Client:

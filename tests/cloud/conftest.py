@@ -33,6 +33,12 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: flo
     return bool(predicate())
 
 
+def service_login(client: mqtt.Client, broker: Any) -> None:
+    """Log `client` in with the broker's service account (the enforcing brokers admit no anonymous client)."""
+    if getattr(broker, "auth", False):
+        client.username_pw_set(broker.service.username, broker.service.password)
+
+
 class FakeUnit:
     """One unit's MQTT side: client id = device id, will on `status`, subscribes desired + cmd."""
 
@@ -62,6 +68,7 @@ class FakeUnit:
 
     def connect(self, status: str | None = "online") -> FakeUnit:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.device_id, clean_session=True)
+        service_login(c, self.broker)  # these tests are about the cloud; unit ACLs: tests/security
         c.will_set(self.t("status"), self.will, qos=1, retain=True)
         c.on_message = self._on_message
         connected = threading.Event()
@@ -146,7 +153,7 @@ def db_url(tmp_path: Path) -> str:
 
 @pytest.fixture
 def cloud(broker: Any, db_url: str) -> Iterator[Cloud]:
-    c = Cloud(broker.url, db_url, hb_interval=1.0, sweep_interval=0.05, reconnect_delay=(0.1, 0.5))
+    c = Cloud(broker.service_url, db_url, hb_interval=1.0, sweep_interval=0.05, reconnect_delay=(0.1, 0.5))
     c.start()
     try:
         yield c
@@ -186,6 +193,7 @@ def subscribe_once(broker: Any, topic_filter: str, wait: float = 0.5) -> list[mq
             got.append(msg)
 
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"probe-{time.monotonic_ns()}")
+    service_login(c, broker)
     c.on_message = on_message
     c.connect(broker.host, broker.port)
     c.subscribe(topic_filter, qos=1)

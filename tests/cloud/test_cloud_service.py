@@ -93,7 +93,7 @@ def test_timeout_counts_from_when_the_cloud_started_listening(broker, tmp_path) 
         reg.ensure_device("old", 0)
         reg.set_status("old", "online", time.time() - 3600, "status")
         reg.touch("old", time.time() - 3600)
-    with Cloud(broker.url, url, hb_timeout=0.6, sweep_interval=0.05) as c:
+    with Cloud(broker.service_url, url, hb_timeout=0.6, sweep_interval=0.05) as c:
         time.sleep(0.3)
         assert c.device("old")["status"] == "online"
         assert c.wait_status("old", "offline", 3)

@@ -22,6 +22,10 @@ from provisioning.virtual.unit import VirtualUnit
 from tests.conftest import FIRMWARE, REPO, run_micropython
 
 MP = REPO / "tests" / "firmware" / "mp"
+
+# The app modules against a fake cloud (a bare paho client, no registry to issue credentials):
+# the open mode. The same firmware under enforced credentials and ACLs: tests/integration, tests/security.
+pytestmark = pytest.mark.open_broker
 MINE = [
     "main.py",
     "version.py",

@@ -26,6 +26,9 @@ from tests.conftest import FIRMWARE, REPO, micropython_exe
 
 DRIVER = Path(__file__).parent / "mp" / "mqtt_driver.py"
 
+# The MQTT client on raw topics (t/<cid>/…) with ad-hoc clients: the open mode of the `broker` fixture.
+pytestmark = pytest.mark.open_broker
+
 
 class MP:
     """A MicroPython process running one driver scenario, followed line by line."""

@@ -32,10 +32,13 @@ def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
 class Observer:
     """A paho client that records what crosses the broker: the test's own eyes on the wire."""
 
-    def __init__(self, host: str, port: int, topics: str = "simsock/v1/#") -> None:
+    def __init__(self, host: str, port: int, topics: str = "simsock/v1/#", auth: tuple[str, str] | None = None) -> None:
+        """`auth`: (username, password), the service account on an enforcing broker (Stack.service_auth)."""
         self.messages: list[tuple[str, bytes, bool]] = []
         self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"observer-{id(self):x}")
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *_: c.subscribe(topics, 1)
         self.client.connect(host, port)
@@ -76,8 +79,17 @@ class Stack:
     tmp: Path
     units: list[VirtualUnit] = field(default_factory=list)
 
+    @property
+    def service_auth(self) -> tuple[str, str] | None:
+        """The broker's service account (None on an open broker): what observers log in with."""
+        return service_auth(self.broker)
+
     def add_unit(self, config: dict[str, Any] | None = None, start: bool = True, **kw: Any) -> VirtualUnit:
-        unit = self.fleet.add(config={**SCALED_CONFIG, **(config or {})}, **kw)
+        """A virtual unit on the account, with MQTT credentials the cloud issued (as the bench will)."""
+        device_id = kw.pop("device_id", None) or self.fleet.next_id()
+        if "mqtt_pass" not in kw:
+            kw["mqtt_user"], kw["mqtt_pass"] = self.cloud.issue_credentials(device_id)
+        unit = self.fleet.add(device_id, config={**SCALED_CONFIG, **(config or {})}, **kw)
         self.cloud.add_device(self.account_id, unit.device_id)
         self.units.append(unit)
         if start:
@@ -91,12 +103,16 @@ class Stack:
         return f"simsock/v1/{unit.device_id}/{leaf}"
 
 
+def service_auth(broker: Any) -> tuple[str, str] | None:
+    return (broker.service.username, broker.service.password) if getattr(broker, "auth", False) else None
+
+
 @pytest.fixture
 def stack(broker: Any, tmp_path: Path) -> Iterator[Stack]:
-    cloud = Cloud(broker.url, f"sqlite:///{tmp_path / 'cloud.db'}", hb_interval=SCALED_HB_S, sweep_interval=0.5,
+    cloud = Cloud(broker.service_url, f"sqlite:///{tmp_path / 'cloud.db'}", hb_interval=SCALED_HB_S, sweep_interval=0.5,
                   reconnect_delay=(0.2, 1.0))
     cloud.start()
-    observer = Observer(broker.host, broker.port)
+    observer = Observer(broker.host, broker.port, auth=service_auth(broker))
     account = cloud.create_account("test", balance_cents=1000)
     with Fleet(tmp_path / "units", prefix="it", broker_host=broker.host, broker_port=broker.port) as fleet:
         try:

@@ -37,7 +37,7 @@ def test_heartbeat_has_every_field_and_fits_the_budget(stack: Stack) -> None:
 def test_status_is_retained_online_and_the_cloud_sees_it(stack: Stack) -> None:
     unit = stack.add_unit()
     assert stack.cloud.wait_status(unit.device_id, "online", 10)
-    late = Observer(stack.broker.host, stack.broker.port, stack.topic(unit, "status"))
+    late = Observer(stack.broker.host, stack.broker.port, stack.topic(unit, "status"), auth=stack.service_auth)
     try:
         wait_until(lambda: late.messages, 5, "the retained status")
         assert late.messages[0] == (stack.topic(unit, "status"), b"online", True)

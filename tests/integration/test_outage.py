@@ -15,11 +15,11 @@ from tests.integration.conftest import Stack, wait_until
 class PersistentObserver:
     """Subscribes with a persistent session and renews it on every reconnect (paho reconnects by itself)."""
 
-    def __init__(self, host: str, port: int, topic: str) -> None:
+    def __init__(self, host: str, port: int, topic: str, auth: tuple[str, str] | None) -> None:
         self.got: list[dict[str, Any]] = []
         self.subscribed = 0
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="outage-observer", clean_session=False)
-        self.client.username_pw_set("observer", "x")
+        self.client.username_pw_set(*(auth or ("observer", "x")))  # a named session: amqtt keeps it
         self.client.reconnect_delay_set(0.2, 1.0)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, 1)
         self.client.on_subscribe = lambda *_: setattr(self, "subscribed", self.subscribed + 1)
@@ -37,7 +37,7 @@ def test_broker_restart_reconnect_with_backoff_and_inflight_qos1_delivered(stack
     unit = stack.add_unit(start=False, broker_port=proxy.port)
     unit.start()
     assert stack.cloud.wait_status(unit.device_id, "online", 20)
-    alerts = PersistentObserver(stack.broker.host, stack.broker.port, stack.topic(unit, "alert"))
+    alerts = PersistentObserver(stack.broker.host, stack.broker.port, stack.topic(unit, "alert"), stack.service_auth)
     proxy_port = proxy.port
     try:
         wait_until(lambda: alerts.subscribed, 5, "observer subscribed")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cloud_stub.broker import EmbeddedBroker, MosquittoBroker
+from cloud_stub.service import Cloud
 from provisioning.virtual.unit import FIRMWARE, VirtualUnit
 
 pytestmark = pytest.mark.skipif(not (FIRMWARE / "main.py").exists(), reason="firmware/main.py not there yet")
@@ -16,8 +17,11 @@ pytestmark = pytest.mark.skipif(not (FIRMWARE / "main.py").exists(), reason="fir
 def test_real_unit_boots_connects_and_survives_a_power_cycle(
     tmp_path: Path, broker: EmbeddedBroker | MosquittoBroker
 ) -> None:
+    with Cloud(broker.service_url, f"sqlite:///{tmp_path / 'c.db'}") as cloud:  # the broker enforces credentials
+        user, password = cloud.issue_credentials("vu-real-1")
     with VirtualUnit(
-        tmp_path / "u", "vu-real-1", broker_host=broker.host, broker_port=broker.port, heapsize="256K"
+        tmp_path / "u", "vu-real-1", broker_host=broker.host, broker_port=broker.port, heapsize="256K",
+        mqtt_user=user, mqtt_pass=password,
     ) as unit:
         unit.start()
         unit.wait_log(r" unit: boot .*device_id=vu-real-1", 20)
