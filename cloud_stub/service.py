@@ -110,7 +110,8 @@ def public_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class CloudEvent:
-    """Something the cloud saw or did. kind: hb, status, ack, alert, desired, cmd, account, connection."""
+    """Something the cloud saw or did. kind: hb, status, ack, alert, desired, cmd, account, notification,
+    connection."""
 
     kind: str
     device_id: str | None
@@ -408,6 +409,10 @@ class Cloud:
     def _sweep_loop(self) -> None:
         while not self._stopping.wait(self.sweep_interval):
             try:
+                self.run_lifecycle()  # billing and time-driven account transitions (needs no broker)
+            except Exception:
+                log.exception("account lifecycle tick failed")
+            try:
                 self.sweep()
             except Exception:
                 log.exception("cloud sweep failed")
@@ -467,8 +472,9 @@ class Cloud:
 
     # --- accounts (thin wrappers that also tell listeners) -------------------------------
 
-    def create_account(self, name: str, balance_cents: int = 0) -> Account:
-        account = self.accounts.create(name, balance_cents)
+    def create_account(self, name: str, balance_cents: int = 0, currency: str = "USD") -> Account:
+        """Open an account (billed from today's price list in `currency`: USD or EUR)."""
+        account = self.accounts.create(name, balance_cents, currency)
         self._fire("account", None, account_id=account.id, state=account.state, balance_cents=account.balance_cents)
         return account
 
@@ -479,12 +485,64 @@ class Cloud:
         return self._account_change(self.accounts.charge(account, amount_cents, reason))
 
     def top_up(self, account: int | str, amount_cents: int, reason: str | None = None) -> Change:
+        """Add money (at least the minimum top-up); above zero the account is active at once."""
         return self._account_change(self.accounts.top_up(account, amount_cents, reason))
+
+    def run_lifecycle(self, now: float | None = None) -> list[Change]:
+        """Apply every monthly fee and time-driven transition due by `now` (default: the clock) on
+        every account; idempotent. The sweeper thread calls it every `sweep_interval`."""
+        return [self._account_change(c) for c in self.accounts.tick(now)]
+
+    def enter_sleep(self, account: int | str) -> Change:
+        """Customer request: sleep mode now, from `suspended` only (refused with a positive balance)."""
+        return self._account_change(self.accounts.enter_sleep(account))
+
+    def delete_account(self, account: int | str, *, signed_notice: bool = False) -> Change:
+        """Delete for good; devices become `delinked`. Needs signed_notice unless in deep sleep."""
+        return self._account_change(self.accounts.delete(account, signed_notice=signed_notice))
+
+    def delink_device(self, account: int | str, device_id: str, *, signed_application: bool = False) -> Change:
+        """Remove one device from the service (desired mode `delinked`); the others keep running."""
+        return self._account_change(self.accounts.delink_device(account, device_id,
+                                                                signed_application=signed_application))
+
+    def restore_device(self, account: int | str, device_id: str) -> Change:
+        """Link a delinked device again within a year, for the restore fee; refused after a year."""
+        return self._account_change(self.accounts.restore_device(account, device_id))
+
+    def reopen_account(self, deleted: int | str, name: str, device_ids: list[str] | None = None) -> Change:
+        """A new account for devices of a deleted one, charging the per-device handling fee."""
+        return self._account_change(self.accounts.reopen(deleted, name, device_ids))
+
+    def quote_feature(self, account: int | str, feature: str) -> dict[str, Any]:
+        """Price and next-bill calculation of adding a feature, without adding it."""
+        return self.accounts.quote_feature(account, feature)
+
+    def add_feature(self, account: int | str, feature: str) -> tuple[Change, dict[str, Any]]:
+        """Add a feature at once (active accounts); returns the change and the quote it was added at."""
+        change, quote = self.accounts.add_feature(account, feature)
+        return self._account_change(change), quote
+
+    def cancel_feature(self, account: int | str, feature: str) -> Change:
+        """Cancel a feature; refused before one calendar month of use."""
+        return self._account_change(self.accounts.cancel_feature(account, feature))
+
+    def ledger(self, account: int | str) -> list[dict[str, Any]]:
+        """The account's money movements, oldest first."""
+        return self.accounts.ledger(account)
+
+    def notifications(self, account: int | str) -> list[dict[str, Any]]:
+        """The account's essential notifications (account, kind, text, at), oldest first."""
+        return [n.__dict__ for n in self.accounts.notifications(account)]
 
     def _account_change(self, change: Change) -> Change:
         a = change.account
         self._fire("account", None, account_id=a.id, state=a.state, old_state=change.old_state,
-                   balance_cents=a.balance_cents, desired=[d.__dict__ for d in change.desired])
+                   balance_cents=a.balance_cents, desired=[d.__dict__ for d in change.desired],
+                   transitions=change.transitions)
+        for n in change.notifications:
+            self._fire("notification", n.device_id, account_id=n.account_id, notification=n.kind, text=n.text,
+                       at=n.at)
         return change
 
     # --- unit credentials (docs/security.md) ---------------------------------------------

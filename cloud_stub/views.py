@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from cloud_stub.accounts import Account
+from cloud_stub.lifecycle import restore_deadline
 from cloud_stub.registry import NotFound, Registry
 
 
@@ -45,4 +46,11 @@ def account(registry: Registry, ref: int | str) -> dict[str, Any] | None:
         a = Account.from_row(registry.find_account(ref))
     except NotFound:
         return None
-    return {**a.to_dict(), "devices": registry.device_ids(a.id), "convergence": convergence(registry, a.id)}
+    delinked = [
+        {"device_id": d["device_id"], "delinked_at": d["delinked_at"],
+         "restore_until": restore_deadline(d["delinked_at"]), "converged": d["converged"]}
+        for d in map(device_view, registry.delinked_devices(a.id))
+    ]
+    # devices / convergence count the linked devices only: a delinked one no longer follows the account
+    return {**a.to_dict(), "devices": registry.device_ids(a.id), "convergence": convergence(registry, a.id),
+            "delinked": delinked}

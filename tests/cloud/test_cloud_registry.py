@@ -130,12 +130,12 @@ def test_account_lifecycle_bumps_desired_and_writes_events(reg: Registry) -> Non
     assert ch.account.state_since == clock.t
     assert sorted(ch.desired, key=lambda d: d.device_id) == [Desired("d1", 2, "suspended"),
                                                              Desired("d2", 2, "suspended")]
-    ch = accounts.charge("acme", 250)  # deeper below zero: still suspended, no new version
-    assert ch.account.balance_cents == -250 and ch.desired == []
+    ch = accounts.charge("acme", 2500)  # deeper below zero: still suspended, no new version
+    assert ch.account.balance_cents == -2500 and ch.desired == []
 
-    ch = accounts.top_up("acme", 100)  # still negative: stays suspended
+    ch = accounts.top_up("acme", 2000)  # the minimum top-up (20.00), still negative: stays suspended
     assert ch.account.state == "suspended" and ch.desired == []
-    ch = accounts.top_up("acme", 200)
+    ch = accounts.top_up("acme", 2000)
     assert ch.account.state == "active" and {d.version for d in ch.desired} == {3}
     assert [d.mode for d in ch.desired] == ["active", "active"]
     assert all(reg.desired(d)["published_at"] is not None for d in ("d1", "d2"))

@@ -104,8 +104,8 @@ def test_desired_state_retained_with_increasing_versions(cloud, units, probe, un
     u = units("dev-4")
     cloud.add_device(acct.id, "dev-4")
     cloud.charge(acct.id, 1000)
-    cloud.top_up(acct.id, 500)
-    cloud.charge("acme", 600)
+    cloud.top_up(acct.id, 2000)  # the minimum top-up
+    cloud.charge("acme", 2000)
     assert until(lambda: len(u.desired) == 4)
     assert [(v, m) for v, m, _ in u.desired] == [(1, "active"), (2, "suspended"), (3, "active"), (4, "suspended")]
     retained = probe(protocol.topic("dev-4", "desired"))
