@@ -601,6 +601,11 @@ class Cloud:
             log.warning("revocation of %s not confirmed by the broker yet: %s", username, exc)
             return False
         self.registry.mark_revocation_synced(username, self.clock())
+        # Mosquitto sends no will for a client it disconnects administratively: say it ourselves,
+        # retained, so the unit's status topic does not claim "online" for a unit that cannot connect
+        c = self._client
+        if c is not None and self._link_up:
+            c.publish(protocol.topic(username, "status"), "offline", qos=1, retain=True)
         return True
 
     def sync_revocations(self) -> int:
