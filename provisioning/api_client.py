@@ -130,8 +130,8 @@ class ApiClient:
     def accounts(self) -> list[m.Account]:
         return self._list("/v1/accounts", m.Account)
 
-    def create_account(self, name: str, balance: str = "0") -> m.Account:
-        return self._post("/v1/accounts", m.Account, {"name": name, "balance": balance})
+    def create_account(self, name: str, balance: str = "0", currency: str = "USD") -> m.Account:
+        return self._post("/v1/accounts", m.Account, {"name": name, "balance": balance, "currency": currency})
 
     def account(self, account: str | int) -> m.AccountDetail:
         return self._get(f"/v1/accounts/{_seg(account)}", m.AccountDetail)
@@ -145,6 +145,46 @@ class ApiClient:
     def add_device(self, account: str | int, device_id: str, serial: str | None = None) -> m.AccountChange:
         return self._post(f"/v1/accounts/{_seg(account)}/devices", m.AccountChange,
                           {"device_id": device_id, "serial": serial})
+
+    # --- account lifecycle ---------------------------------------------------------------
+
+    def enter_sleep(self, account: str | int) -> m.AccountChange:
+        return self._post(f"/v1/accounts/{_seg(account)}/sleep", m.AccountChange)
+
+    def delete_account(self, account: str | int, *, signed_notice: bool = False) -> m.AccountChange:
+        return m.AccountChange.model_validate(self.request(
+            "DELETE", f"/v1/accounts/{_seg(account)}", params={"signed_notice": signed_notice or None}))
+
+    def reopen_account(self, deleted: str | int, name: str, device_ids: list[str] | None = None) -> m.AccountChange:
+        return self._post(f"/v1/accounts/{_seg(deleted)}/reopen", m.AccountChange,
+                          {"name": name, "device_ids": device_ids})
+
+    def delink_device(self, account: str | int, device_id: str, *, signed_application: bool = False
+                      ) -> m.AccountChange:
+        return self._post(f"/v1/accounts/{_seg(account)}/devices/{_seg(device_id)}/delink", m.AccountChange,
+                          {"signed_application": signed_application})
+
+    def restore_device(self, account: str | int, device_id: str) -> m.AccountChange:
+        return self._post(f"/v1/accounts/{_seg(account)}/devices/{_seg(device_id)}/restore", m.AccountChange)
+
+    def quote_feature(self, account: str | int, feature: str) -> m.FeatureQuote:
+        return self._get(f"/v1/accounts/{_seg(account)}/features/{_seg(feature)}/quote", m.FeatureQuote)
+
+    def add_feature(self, account: str | int, feature: str) -> m.FeatureAdded:
+        return self._post(f"/v1/accounts/{_seg(account)}/features", m.FeatureAdded, {"feature": feature})
+
+    def cancel_feature(self, account: str | int, feature: str) -> m.AccountChange:
+        return m.AccountChange.model_validate(
+            self.request("DELETE", f"/v1/accounts/{_seg(account)}/features/{_seg(feature)}"))
+
+    def ledger(self, account: str | int) -> list[m.LedgerEntry]:
+        return self._list(f"/v1/accounts/{_seg(account)}/ledger", m.LedgerEntry)
+
+    def notifications(self, account: str | int) -> list[m.Notification]:
+        return self._list(f"/v1/accounts/{_seg(account)}/notifications", m.Notification)
+
+    def lifecycle_tick(self) -> m.TickResult:
+        return self._post("/v1/lifecycle/tick", m.TickResult)
 
     # --- devices, desired state, commands ------------------------------------------------
 

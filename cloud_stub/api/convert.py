@@ -31,6 +31,8 @@ def change(c: acc.Change, registry: Registry) -> m.AccountChange:
         state_changed=c.state_changed,
         desired=[m.DesiredChange(device_id=d.device_id, version=d.version, mode=d.mode,
                                  published=(d.device_id, d.version) in published) for d in c.desired],
+        steps=[m.Step(**vars(s)) for s in getattr(c, "steps", [])],
+        notifications=[m.Notification(**vars(n)) for n in getattr(c, "notifications", [])],
     )
 
 

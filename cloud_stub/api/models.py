@@ -61,6 +61,7 @@ class Me(Model):
 class AccountCreate(Model):
     name: str = Field(min_length=1, max_length=100, examples=["acme"])
     balance: str = Field(default="0", description="opening balance, currency units", examples=["20.00"])
+    currency: str = Field(default="USD", description="USD or EUR: the price list the account is billed from")
 
     @field_validator("balance", mode="before")
     @classmethod
@@ -88,6 +89,10 @@ class Account(Model):
     state_since: float
     created: float
     device_count: int = 0
+    currency: str | None = Field(default=None, examples=["USD"])
+    price_list: str | None = Field(default=None, description="the price list the account is billed from")
+    sleep_since: float | None = Field(default=None, description="when the account entered sleep mode")
+    next_due_at: float | None = Field(default=None, description="the next monthly billing instant")
 
 
 class Convergence(Model):
@@ -109,11 +114,37 @@ class DesiredChange(Model):
     published: bool = Field(description="handed to the broker; if false the cloud publishes it within a second")
 
 
+class Step(Model):
+    """A fee taken or a transition made (lifecycle), at its own instant."""
+
+    at: float
+    kind: Literal["fee", "transition"]
+    cause: str
+    balance_cents: int = Field(description="after this step")
+    fee: str | None = None
+    amount_cents: int = 0
+    old_state: str | None = None
+    new_state: str | None = None
+
+
+class Notification(Model):
+    """An essential notification (cannot be muted)."""
+
+    id: int
+    account_id: int
+    device_id: str | None
+    kind: str
+    text: str
+    at: float
+
+
 class AccountChange(Model):
     account: Account
     old_state: str | None
     state_changed: bool
     desired: list[DesiredChange]
+    steps: list[Step] = Field(default_factory=list, description="fees and transitions, oldest first")
+    notifications: list[Notification] = Field(default_factory=list)
 
 
 class DeviceAdd(Model):
@@ -245,3 +276,55 @@ class Token(Model):
 
 class TokenCreated(Token):
     token: str = Field(description="the token itself; shown only in this response, store it now")
+
+
+# --- account lifecycle --------------------------------------------------------------------
+
+
+class DeleteIn(Model):
+    signed_notice: bool = Field(default=False, description="the owner's signed notice (needed unless the "
+                                                           "account is in deep sleep or eligible for deletion)")
+
+
+class DelinkIn(Model):
+    signed_application: bool = Field(default=False, description="the owner's signed application (seed 9.4)")
+
+
+class ReopenIn(Model):
+    name: str = Field(min_length=1, max_length=100, description="name of the new account")
+    device_ids: list[str] | None = Field(default=None, description="devices to take over (default: all)")
+
+
+class FeatureIn(Model):
+    feature: str = Field(examples=["sms"])
+
+
+class FeatureQuote(Model):
+    feature: str
+    title: str
+    monthly_cents: int
+    currency: str
+    first_billed_at: float
+    next_bill_cents: int
+    next_bill_without_cents: int
+    cancellable_from: float
+
+
+class FeatureAdded(Model):
+    change: AccountChange
+    quote: FeatureQuote
+
+
+class LedgerEntry(Model):
+    id: int
+    account_id: int
+    at: float
+    kind: str
+    amount_cents: int
+    balance_cents: int
+    device_id: str | None
+    detail: dict[str, Any]
+
+
+class TickResult(Model):
+    changes: list[AccountChange] = Field(description="the accounts the tick billed or moved")

@@ -28,6 +28,19 @@ _spec.loader.exec_module(_cloud_fixtures)
 FakeUnit = _cloud_fixtures.FakeUnit  # a paho client speaking the unit's side of the protocol
 
 
+class OffsetClock:
+    """The wall clock plus an offset that a test moves (the lifecycle's months pass in a call)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
 @dataclass
 class Stack:
     broker: EmbeddedBroker
@@ -35,6 +48,7 @@ class Stack:
     server: ApiServer
     db_url: str
     tokens: dict[str, str]  # role -> token
+    clock: OffsetClock
     units: list[Any] = field(default_factory=list)
 
     @property
@@ -58,15 +72,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         broker = EmbeddedBroker()
     broker.start()
     db_url = f"sqlite:///{tmp_path_factory.mktemp('api') / 'cloud.db'}"
+    clock = OffsetClock()
     cloud = Cloud(getattr(broker, "service_url", broker.url), db_url, hb_interval=1.0, sweep_interval=0.05,
-                  reconnect_delay=(0.1, 0.5))
+                  reconnect_delay=(0.1, 0.5), clock=clock)
     server: ApiServer | None = None
     try:
         cloud.start()
         server = ApiServer(create_app(cloud), "127.0.0.1", 0).start()
         tokens = {role: auth.create_token(cloud.registry, f"test-{role}", role, actor=auth.local_actor(),
                                           at=time.time())[1] for role in auth.ROLES}
-        s = Stack(broker, cloud, server, db_url, tokens)
+        s = Stack(broker, cloud, server, db_url, tokens, clock)
         yield s
         for u in s.units:
             u.disconnect()

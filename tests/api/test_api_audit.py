@@ -40,9 +40,9 @@ def test_each_change_is_audited_with_before_and_after(stack, name) -> None:
         assert e.detail == {"amount_cents": 1250, "reason": "march"}
         assert e.via == f"POST /v1/accounts/{acct}/charge"
 
-        op.top_up(a.id, "5")
+        op.top_up(a.id, "20")  # the minimum top-up (seed 9.3)
         e = latest(admin, action="account.topup")
-        assert (e.before["balance_cents"], e.after["balance_cents"], e.after["state"]) == (-250, 250, "active")
+        assert (e.before["balance_cents"], e.after["balance_cents"], e.after["state"]) == (-250, 1750, "active")
         assert e.at >= latest(admin, action="account.charge").at
 
         op.republish_desired(dev)
@@ -91,7 +91,7 @@ def test_change_and_audit_entry_commit_together(stack, admin, name, monkeypatch)
 
     monkeypatch.setattr(stack.cloud.registry, "add_audit", broken)
     with pytest.raises(ApiError) as e:
-        admin.top_up(acct, "5")
+        admin.top_up(acct, "20")
     assert e.value.status == 500 and e.value.code == "internal"
     monkeypatch.undo()
     assert admin.account(acct).balance_cents == 100

@@ -43,11 +43,11 @@ def test_account_commands_drive_the_cloud_through_the_api(stack, cli, name) -> N
     assert r.exit_code == 0 and "balance -2.50" in r.output and "was active" in r.output, r.output
     assert stack.cloud.wait_converged(acct, 5) and unit.mode == "suspended"
     account_id = stack.cloud.account(acct)["id"]
-    r = cli("account", "topup", str(account_id), "5")  # by id
+    r = cli("account", "topup", str(account_id), "20")  # by id; the minimum top-up
     assert r.exit_code == 0 and "state active" in r.output and "v3 active" in r.output, r.output
     assert stack.cloud.wait_converged(acct, 5)
     r = cli("account", "show", acct)
-    assert r.exit_code == 0 and acct in r.output and "2.50" in r.output and dev in r.output
+    assert r.exit_code == 0 and acct in r.output and "17.50" in r.output and dev in r.output
     assert "converged 1/1" in r.output and "yes" in r.output
     r = cli("account", "list")
     assert r.exit_code == 0 and acct in r.output

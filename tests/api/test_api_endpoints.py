@@ -40,8 +40,8 @@ def test_account_lifecycle_through_the_api_with_convergence(stack, admin, name) 
     assert (detail.convergence.converged_count, detail.convergence.pending_count, detail.device_count) == (1, 1, 2)
     assert sorted(detail.devices) == sorted([dev_on, dev_off])
 
-    ch = admin.top_up(acct, "12.50")
-    assert (ch.account.state, ch.account.balance_cents) == ("active", 750)
+    ch = admin.top_up(acct, "20.00")
+    assert (ch.account.state, ch.account.balance_cents) == ("active", 1500)
 
     d = admin.device(dev_on)
     assert (d.account_id, d.serial, d.desired_version, d.desired_mode) == (a.id, "SN-1", 3, "active")

@@ -26,7 +26,7 @@ def list_accounts(cloud: CloudDep) -> list[m.Account]:
 def create_account(body: m.AccountCreate, cloud: CloudDep, caller: CallerDep, request: Request) -> m.Account:
     with audit.change(cloud.registry, caller.actor, "account.create", "account", None, at=cloud.clock(),
                       via=via(request)) as entry:
-        a = cloud.create_account(body.name, parse_amount(body.balance, allow_zero=True))
+        a = cloud.create_account(body.name, parse_amount(body.balance, allow_zero=True), body.currency)
         entry.target_id, entry.account_id = str(a.id), a.id
         entry.after = convert.account_snapshot(cloud.registry, a.id)
     return convert.account(a, 0)
