@@ -100,7 +100,7 @@ def serve_cmd(
                 console.print(f"  export SIMSOCK_API={served.api_url} SIMSOCK_TOKEN={secret}", highlight=False,
                               soft_wrap=True, style="dim")
             if served.broker is not None and served.service_url:  # the broker enforces credentials (docs/security.md)
-                console.print(f"cloud service account, for `simsock account --broker` (shown once): "
+                console.print(f"cloud service account, for more cloud workers (shown once): "
                               f"{served.service_url}", highlight=False, soft_wrap=True)
             console.print("Ctrl-C to stop.", style="dim")
             try:
