@@ -11,7 +11,8 @@ server runs as the `postgres` system user (the Debian package creates it) throug
 `runuser`; the temporary directory is handed to that user.
 
 `fast=True` (the default) turns off fsync and synchronous commits: a test cluster
-that is thrown away needs no durability. Benchmarks say which setting they used.
+that is thrown away needs no durability. Benchmarks say which setting they used
+(`settings={"synchronous_commit": "off"}` adds server settings).
 
 `PgServer.unavailable()` says why a cluster cannot be started here (None if it can).
 """
@@ -55,11 +56,13 @@ class PgServerError(RuntimeError):
 
 
 class PgServer:
-    def __init__(self, *, port: int | None = None, fast: bool = True, max_connections: int = 200) -> None:
+    def __init__(self, *, port: int | None = None, fast: bool = True, max_connections: int = 200,
+                 settings: dict[str, str] | None = None) -> None:
         self.host = "127.0.0.1"
         self.port = port or _free_port()
         self.fast = fast
         self.max_connections = max_connections
+        self.settings = dict(settings or {})  # extra `-c name=value` server settings
         self.password = secrets.token_hex(12)
         self.dir: Path | None = None
         self._bindir = pg_bindir()
@@ -126,6 +129,7 @@ class PgServer:
                     f"-c max_connections={self.max_connections}", "-c shared_buffers=64MB"]
             if self.fast:
                 opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+            opts += [f"-c {k}={v}" for k, v in self.settings.items()]
             self._run("pg_ctl", "-D", str(data), "-l", str(self.dir / "log"), "-w", "-t", str(int(timeout)),
                       "-o", " ".join(opts), "start", timeout=timeout + 5)
         except BaseException:
