@@ -113,3 +113,37 @@ def test_the_embedded_broker_has_no_shared_subscriptions() -> None:
             c.loop_stop()
     finally:
         broker.stop()
+
+
+def test_shared_subscriptions_pass_the_brokers_acls() -> None:
+    """With per-unit credentials and dynamic-security ACLs, the cloud's service role must be
+    allowed to subscribe `$share/<group>/simsock/v1/…` (Mosquitto checks the whole filter)."""
+    import inspect
+    from urllib.parse import urlsplit
+
+    from cloud_stub.broker import MosquittoBroker
+
+    if not MosquittoBroker.available() or "auth" not in inspect.signature(MosquittoBroker).parameters:
+        pytest.skip("needs mosquitto with the project's auth/ACL support")
+    if not MosquittoBroker.dynsec_available():  # type: ignore[attr-defined]
+        pytest.skip("mosquitto's dynamic-security plugin is not installed")
+    from cloud_stub import acl
+
+    if not any(a["topic"].startswith("$share/") for a in acl.service_acls()):
+        pytest.xfail("cloud_stub/acl.py service_acls() has no subscribePattern for $share/+/simsock/v1/# yet")
+    broker = MosquittoBroker()
+    broker.start()
+    try:
+        cloud = Cloud(broker.service_url, "sqlite:///:memory:", worker_group="ingest").start()
+        u = urlsplit(broker.service_url)
+        pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="acl-probe")
+        pub.username_pw_set(u.username, u.password)
+        pub.connect(u.hostname or "127.0.0.1", u.port or 1883)
+        pub.loop_start()
+        pub.publish(protocol.topic("dev-acl", "hb"), _heartbeat(1), qos=1).wait_for_publish(5)
+        assert _wait(lambda: cloud.heartbeat_count("dev-acl") == 1, 5)
+        pub.disconnect()
+        pub.loop_stop()
+        cloud.close()
+    finally:
+        broker.stop()
