@@ -74,3 +74,25 @@ def test_retained_messages_reach_only_their_subscribers(broker: Any) -> None:
     finally:
         unit.disconnect()
         cloud.disconnect()
+
+
+def test_reconnecting_session_gets_retained_messages_once(broker: Any) -> None:
+    """Retained messages come with a SUBSCRIBE, not again on reconnect (MQTT 3.1.1, 3.3.1.3)."""
+    cloud = _client(broker, "cloud", [])
+    cloud.publish("t/unit-c/desired", b"{}", qos=1, retain=True).wait_for_publish(5)
+    got: list = []
+    unit = _client(broker, "unit-c", got, clean=False, user="unit-c")
+    unit.subscribe("t/unit-c/desired", 1)
+    assert _wait(lambda: ("t/unit-c/desired", b"{}", "retained") in got)
+    unit.disconnect()
+    unit.loop_stop()
+    got.clear()
+    unit = _client(broker, "unit-c", got, clean=False, user="unit-c")
+    unit.subscribe("t/unit-c/desired", 1)  # a unit renews its subscriptions on every connect
+    try:
+        assert _wait(lambda: any(m[0] == "t/unit-c/desired" for m in got))
+        time.sleep(0.5)
+        assert [m for m in got if m[0] != "connack"] == [("t/unit-c/desired", b"{}", "retained")]
+    finally:
+        unit.disconnect()
+        cloud.disconnect()
