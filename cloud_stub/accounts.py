@@ -24,6 +24,7 @@ The rules and every choice where the seed is silent are in docs/accounts.md.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ from cloud_stub.pricing import PriceList, PricingError
 from cloud_stub.registry import NotFound, Registry, RegistryError
 
 Clock = Callable[[], float]
+
+log = logging.getLogger("simsock.accounts")
 
 
 class AccountError(RegistryError):
@@ -444,7 +447,11 @@ class Accounts:
         now = self.clock() if now is None else now
         changes = []
         for account_id in self.registry.due_account_ids(now):
-            change, _ = self._run(account_id, None, now)
+            try:
+                change, _ = self._run(account_id, None, now)
+            except Exception:  # one broken account must not stop the others' billing
+                log.exception("lifecycle tick failed for account %s", account_id)
+                continue
             if change.steps:
                 changes.append(change)
         return changes

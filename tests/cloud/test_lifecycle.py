@@ -486,3 +486,16 @@ def test_an_account_from_before_the_lifecycle_is_not_billed_backwards(reg: Regis
     clock.t = add_months(T0, 6)
     accounts.tick()
     assert accounts.get(aid).balance_cents == 2600
+
+
+def test_one_broken_account_does_not_stop_the_others_billing(reg: Registry, accounts: Accounts,
+                                                              clock: Clock) -> None:
+    bad, good = accounts.create("bad", 2000), accounts.create("good", 2000)
+    for a, d in ((bad, "d1"), (good, "d2")):
+        accounts.add_device(a.id, d)
+    reg.set_account_fields(bad.id, price_list="1999-01")  # a price list this code does not know
+    clock.t = at(2027, 2, 28)
+    assert [c.account.name for c in accounts.tick()] == ["good"]
+    assert accounts.get(good.id).balance_cents == 1600 and accounts.get(bad.id).balance_cents == 2000
+    with pytest.raises(AccountError, match="unknown price list"):
+        accounts.top_up(bad.id, 2000)
