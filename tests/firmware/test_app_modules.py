@@ -317,7 +317,9 @@ def test_unit_active_commands_and_alerts(cloud: Cloud, make_unit: Any) -> None:
     m = u.mark()
     cloud.pub(u, "cmd", {"id": "c-7", "op": "reboot"})
     u.wait_reboots(1, 15)
-    assert {"id": "c-7", "ok": True, "res": {"reboot": True}} in cloud.acks(u)
+    # the ack left before the reboot; the test's own client may still be reading it (with Mosquitto's
+    # persistence on, its autosave makes that lag frequent), so wait for it rather than race it
+    cloud.wait(lambda: {"id": "c-7", "ok": True, "res": {"reboot": True}} in cloud.acks(u), 5, "reboot ack", u)
     assert b"offline" in cloud.on(u, "status")
     u.wait_log(r"INFO unit: connected$", 20, since=m)
     u.wait_log(r"INFO unit: state v=0 mode=active relay=off", 5, since=m)
