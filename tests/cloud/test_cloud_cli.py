@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from cloud_stub.broker import free_port
 from cloud_stub.registry import Registry
+from cloud_stub.service import broker_credentials
 from provisioning.api_client import ApiClient
 from provisioning.cli import app
 
@@ -80,13 +81,22 @@ def test_cloud_serve_runs_until_interrupted(tmp_path: Path) -> None:
                 token = m.group(1)
                 break
         assert token, "no admin token printed"
+        service = None
+        for _ in range(5):  # the broker enforces credentials: FakeUnit logs in with the printed service account
+            m = re.search(r"service account.*\(shown once\): (mqtt://\S+)", proc.stdout.readline())
+            if m:
+                service = broker_credentials(m.group(1))
+                break
+        assert service, "no service account printed"
         with ApiClient(api_url, token) as api:
             assert api.me().role == "admin" and api.health().broker_connected
             api.create_account("served", "5")
             api.add_device("served", "sv-1")
         from conftest import FakeUnit  # tests/cloud/conftest.py
 
-        unit = FakeUnit(SimpleNamespace(host="127.0.0.1", port=port), "sv-1").connect()
+        served_broker = SimpleNamespace(host="127.0.0.1", port=port, auth=True,
+                                        service=SimpleNamespace(username=service[0], password=service[1]))
+        unit = FakeUnit(served_broker, "sv-1").connect()
         unit.hb(2)
         deadline = time.monotonic() + 10
         with Registry(db) as reg:
