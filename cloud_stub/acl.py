@@ -62,6 +62,10 @@ def service_acls() -> list[Acl]:
             {"acltype": "subscribePattern", "topic": topic, "allow": True},
             {"acltype": "unsubscribePattern", "topic": topic, "allow": True},
         ]
+    # several cloud workers share the load with shared subscriptions; Mosquitto checks the whole
+    # `$share/<group>/…` filter against the ACL (the embedded broker checks the filter after it)
+    acls += [{"acltype": kind, "topic": f"$share/+/{TOPIC_ROOT}/#", "allow": True}
+             for kind in ("subscribePattern", "unsubscribePattern")]
     return acls
 
 
