@@ -89,6 +89,12 @@ def mosquitto_conf(
                   "tls_version tlsv1.2"]
     lines += [
         f"user {getpass.getuser()}",
+        # Nagle made every message the broker forwards wait ~40 ms for a delayed ACK
+        # (bench/desired_latency.py: desired→ack 44 ms → ~1 ms with it off).
+        "set_tcp_nodelay true",
+        # The default queue (1,000 messages per client) dropped a lagging cloud's acks and
+        # heartbeats when 1,000 units answered at once (bench/fleet_converge.py).
+        "max_queued_messages 100000",
         "persistence true",
         f"persistence_location {workdir}/",
         "autosave_interval 1",
