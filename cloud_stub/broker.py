@@ -27,9 +27,12 @@ import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cloud_stub.credentials import ClientRecord, ServiceAccount
+
+if TYPE_CHECKING:
+    from cloud_stub.tls import TLSFiles
 
 
 class Broker(Protocol):
@@ -72,6 +75,8 @@ class _Auth:
 
     def _init_auth(self, auth: bool, service: ServiceAccount | None, units: Iterable[ClientRecord]) -> None:
         self.auth = auth
+        self.tls: TLSFiles | None = None
+        self.tls_port: int | None = None
         self.service = service or ServiceAccount.generate()
         self._boot_units = list(units)
 
@@ -87,6 +92,21 @@ class _Auth:
             return f"mqtt://{self.host}:{self.port}"
         return self.service.url(self.host, self.port)
 
+    def _init_tls(self, tls: TLSFiles | None, tls_port: int | None) -> None:
+        """A second listener with TLS (cloud_stub.tls) on `tls_port` (default: a free port), besides the plain one."""
+        self.tls = tls
+        self.tls_port = (tls_port or free_port()) if tls is not None else None
+
+    @property
+    def tls_url(self) -> str | None:
+        """`mqtts://host:tls_port` (no credentials), None without a TLS listener."""
+        return f"mqtts://{self.host}:{self.tls_port}" if self.tls is not None else None
+
+    def _wait_listening(self) -> None:
+        wait_listening(self.host, self.port)
+        if self.tls_port is not None:
+            wait_listening(self.host, self.tls_port)
+
 
 class EmbeddedBroker(_Auth):
     """amqtt in a thread of its own: no server to install or start by hand."""
@@ -101,10 +121,13 @@ class EmbeddedBroker(_Auth):
         auth: bool = True,
         service: ServiceAccount | None = None,
         units: Iterable[ClientRecord] = (),
+        tls: TLSFiles | None = None,
+        tls_port: int | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port()
         self._init_auth(auth, service, units)
+        self._init_tls(tls, tls_port)
         self._store: Any = None  # amqtt_fixes.DynsecStore, made at the first start, kept across restarts
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -117,8 +140,13 @@ class EmbeddedBroker(_Auth):
         return f"mqtt://{self.host}:{self.port}"
 
     def _config(self) -> dict:
+        listeners: dict[str, dict[str, Any]] = {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}}
+        if self.tls is not None:  # amqtt 0.12: an ssl.SSLContext from certfile/keyfile (+ cafile for client certs)
+            listeners["tls"] = {"type": "tcp", "bind": f"{self.host}:{self.tls_port}", "ssl": True,
+                                "certfile": str(self.tls.cert), "keyfile": str(self.tls.key),
+                                "cafile": str(self.tls.ca_pem)}
         return {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            "listeners": listeners,
             "plugins": {"cloud_stub.amqtt_fixes.CredentialAuth": {}, "cloud_stub.amqtt_fixes.CredentialTopics": {}},
         }
 
@@ -157,7 +185,7 @@ class EmbeddedBroker(_Auth):
         ready.wait(10)
         if error:
             raise RuntimeError(f"embedded broker failed to start: {error[0]}") from error[0]
-        wait_listening(self.host, self.port)
+        self._wait_listening()
 
     def stop(self) -> None:
         if not self._loop or not self._broker:
@@ -219,10 +247,13 @@ class MosquittoBroker(_Auth):
         auth: bool = True,
         service: ServiceAccount | None = None,
         units: Iterable[ClientRecord] = (),
+        tls: TLSFiles | None = None,
+        tls_port: int | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port()
         self._init_auth(auth, service, units)
+        self._init_tls(tls, tls_port)
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="simsock-mosq-"))
         self._proc: subprocess.Popen[bytes] | None = None
@@ -254,7 +285,9 @@ class MosquittoBroker(_Auth):
                 with os.fdopen(fd, "w") as f:
                     json.dump(self._document(), f, indent=1)
         conf = self.workdir / "mosquitto.conf"
-        conf.write_text(mosquitto_conf(host=self.host, port=self.port, workdir=self.workdir, dynsec_json=dynsec))
+        tls_files = (self.tls.ca_pem, self.tls.cert, self.tls.key) if self.tls is not None else None
+        conf.write_text(mosquitto_conf(host=self.host, port=self.port, workdir=self.workdir, dynsec_json=dynsec,
+                                       tls_port=self.tls_port, tls_files=tls_files))
         return conf
 
     def start(self) -> None:
@@ -264,7 +297,7 @@ class MosquittoBroker(_Auth):
         conf = self._write_config()
         self._proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            wait_listening(self.host, self.port)
+            self._wait_listening()
         except TimeoutError:
             err = self._proc.stderr.read().decode() if self._proc.poll() is not None and self._proc.stderr else ""
             self.stop()
@@ -294,7 +327,7 @@ def executable() -> str | None:
 
 
 def make_broker(kind: str, **auth: Any) -> EmbeddedBroker | MosquittoBroker:
-    """`auth`: auth=, service=, units= as the brokers take them."""
+    """`auth`: auth=, service=, units= (and tls=, tls_port=) as the brokers take them."""
     if kind == "embedded":
         return EmbeddedBroker(**auth)
     if kind == "mosquitto":
