@@ -44,6 +44,9 @@ def test_older_or_equal_versions_are_ignored(stack: Stack) -> None:
     unit = stack.add_unit()
     v = _suspend(stack)
     assert stack.cloud.wait_converged(stack.account_id, 15)
+    # The baseline counts the suspend ack itself: wait until the observer has it too.
+    wait_until(lambda: any(a.get("dv") == v for a in stack.observer.json_on(stack.topic(unit, "ack"))), 10,
+               "the suspend ack on the wire")
     mark = unit.mark()
     acks_before = len(stack.observer.on(stack.topic(unit, "ack")))
     # A stale "active" at the same and at an older version, as a replayed or misordered publish would be.
