@@ -636,3 +636,69 @@ class Registry:
             params.append(account_id)
         return self._all("SELECT * FROM notifications WHERE " + " AND ".join(where) + " ORDER BY id LIMIT ?",
                          (*params, limit))
+
+    # --- factory registration: units, their steps, serial sequences (cloud_stub/units.py) ---
+
+    def next_serial_seq(self, prefix: str, year: int) -> int:
+        """The next sequence number of (prefix, year): increments the counter (call inside the transaction
+        that also stores the unit, so a number is never issued twice and never lost)."""
+        with self.transaction():
+            self._x("INSERT INTO serial_sequences (prefix, year, last_seq) VALUES (?, ?, 0) "
+                    "ON CONFLICT(prefix, year) DO NOTHING", (prefix, year))
+            self._x("UPDATE serial_sequences SET last_seq = last_seq + 1 WHERE prefix = ? AND year = ?",
+                    (prefix, year))
+            row = self._one("SELECT last_seq FROM serial_sequences WHERE prefix = ? AND year = ?", (prefix, year))
+            assert row is not None
+            return int(row["last_seq"])
+
+    def serial_sequences(self) -> list[dict[str, Any]]:
+        return self._all("SELECT * FROM serial_sequences ORDER BY prefix, year")
+
+    def insert_unit(self, row: dict[str, Any]) -> None:
+        cols = list(row)
+        self._x(f"INSERT INTO units ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+                tuple(row[c] for c in cols))
+
+    def unit(self, serial: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM units WHERE serial = ?" + self._for_update, (serial,))
+
+    def unit_by_device(self, device_id: str) -> dict[str, Any] | None:
+        return self._one("SELECT * FROM units WHERE device_id = ?" + self._for_update, (device_id,))
+
+    def units_by_hardware(self, uid: str, imei: str, iccid: str) -> list[dict[str, Any]]:
+        """Every unit holding any of these hardware ids (0, 1 or several), oldest first."""
+        return self._all("SELECT * FROM units WHERE uid = ? OR imei = ? OR iccid = ? ORDER BY year, seq"
+                         + self._for_update, (uid, imei, iccid))
+
+    def units(self, *, status: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """The newest `limit` units (optionally with one status), oldest first."""
+        where, params = ("WHERE status = ? ", (status,)) if status else ("", ())
+        rows = self._all(f"SELECT * FROM units {where}ORDER BY year DESC, seq DESC LIMIT ?", (*params, limit))
+        return rows[::-1]
+
+    def update_unit(self, serial: str, **fields: Any) -> None:
+        if not fields:
+            return
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self._x(f"UPDATE units SET {sets} WHERE serial = ?", (*fields.values(), serial))
+
+    def add_unit_step(self, serial: str, step: str, ok: bool, at: float, *, detail: dict[str, Any] | None = None,
+                      station: str | None = None, operator: str | None = None,
+                      bundle_hash: str | None = None) -> int:
+        cur = self._x(
+            "INSERT INTO unit_steps (serial, step, ok, detail, station, operator, bundle_hash, at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (serial, step, 1 if ok else 0, None if detail is None else json.dumps(detail, separators=(",", ":")),
+             station, operator, bundle_hash, at),
+        )
+        return int(cur.lastrowid or 0)
+
+    def unit_steps(self, serial: str) -> list[dict[str, Any]]:
+        rows = self._all("SELECT * FROM unit_steps WHERE serial = ? ORDER BY id", (serial,))
+        for r in rows:
+            r["ok"] = bool(r["ok"])
+            r["detail"] = None if r["detail"] is None else json.loads(r["detail"])
+        return rows
+
+    def set_device_serial(self, device_id: str, serial: str | None) -> None:
+        self._x("UPDATE devices SET serial = ? WHERE device_id = ?", (serial, device_id))

@@ -204,6 +204,57 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX credentials_username ON credentials(username, id);
         """,
     ),
+    (
+        5,
+        "factory registration: units (serial, hardware ids, device id, bundle, station, operator), "
+        "their step results, serial sequences",
+        """
+        CREATE TABLE serial_sequences (
+            prefix TEXT NOT NULL,
+            year INTEGER NOT NULL,
+            last_seq INTEGER NOT NULL,
+            PRIMARY KEY (prefix, year)
+        );
+
+        CREATE TABLE units (
+            serial TEXT PRIMARY KEY,
+            year INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            uid TEXT NOT NULL UNIQUE,
+            imei TEXT NOT NULL UNIQUE,
+            iccid TEXT NOT NULL UNIQUE,
+            device_id TEXT,
+            status TEXT NOT NULL CHECK (status IN
+                ('allocated', 'credentials_issued', 'registered', 'verified', 'failed', 'void')),
+            bundle_hash TEXT,
+            station TEXT NOT NULL,
+            operator TEXT NOT NULL,
+            created REAL NOT NULL,
+            updated REAL NOT NULL,
+            credentials_at REAL,
+            credentials_confirmed_at REAL,
+            registered_at REAL,
+            verified_at REAL,
+            void_at REAL,
+            void_reason TEXT,
+            UNIQUE (year, seq)
+        );
+        CREATE UNIQUE INDEX units_device ON units(device_id) WHERE device_id IS NOT NULL;
+
+        CREATE TABLE unit_steps (
+            id INTEGER PRIMARY KEY,
+            serial TEXT NOT NULL REFERENCES units(serial),
+            step TEXT NOT NULL,
+            ok INTEGER NOT NULL,
+            detail TEXT,
+            station TEXT,
+            operator TEXT,
+            bundle_hash TEXT,
+            at REAL NOT NULL
+        );
+        CREATE INDEX unit_steps_serial ON unit_steps(serial, id);
+        """,
+    ),
 ]
 
 SCHEMA_VERSION = max(number for number, _, _ in MIGRATIONS)  # numbers are assigned per change, not by list order
