@@ -235,5 +235,27 @@ class ApiClient:
     def revoke_token(self, token_id: int) -> m.Token:
         return m.Token.model_validate(self.request("DELETE", f"/v1/tokens/{int(token_id)}"))
 
+    # --- factory registration (docs/bench.md) --------------------------------------------
+
+    def register_unit(self, uid: str, imei: str, iccid: str, *, station: str, operator: str,
+                      bundle_hash: str | None = None, rotate: bool = False) -> m.UnitRegistration:
+        """A unit's serial, device id and (new) credentials; the same serial again for known hardware ids."""
+        return self._post("/v1/units/register", m.UnitRegistration, {
+            "uid": uid, "imei": imei, "iccid": iccid, "station": station, "operator": operator,
+            "bundle_hash": bundle_hash, "rotate": rotate})
+
+    def unit_result(self, serial: str, step: str, ok: bool, *, detail: dict[str, Any] | None = None,
+                    station: str | None = None, operator: str | None = None,
+                    bundle_hash: str | None = None) -> m.Unit:
+        return self._post(f"/v1/units/{_seg(serial)}/result", m.Unit, {
+            "step": step, "ok": ok, "detail": detail, "station": station, "operator": operator,
+            "bundle_hash": bundle_hash})
+
+    def void_unit(self, serial: str, reason: str) -> m.Unit:
+        return self._post(f"/v1/units/{_seg(serial)}/void", m.Unit, {"reason": reason})
+
+    def unit(self, serial: str) -> m.Unit:
+        return self._get(f"/v1/units/{_seg(serial)}", m.Unit)
+
 
 __all__ = ["API_ENV", "DEFAULT_API_URL", "TOKEN_ENV", "ApiClient", "ApiError", "check_api_url"]

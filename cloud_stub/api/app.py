@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cloud_stub.accounts import AccountError
 from cloud_stub.api import models as m
 from cloud_stub.api.deps import ApiError
-from cloud_stub.api.routes import accounts, devices, events, lifecycle, tokens
+from cloud_stub.api.routes import accounts, devices, events, lifecycle, tokens, units
 from cloud_stub.auth import TokenError
 from cloud_stub.protocol import ProtocolError
 from cloud_stub.registry import NotFound, RegistryError
@@ -114,7 +114,7 @@ def create_app(cloud: Cloud | None) -> FastAPI:
             return m.Health(ok=False, broker_connected=False, schema_version=0)
         return m.Health(ok=True, broker_connected=cloud.connected, schema_version=cloud.registry.schema_version())
 
-    for r in (accounts.router, lifecycle.router, devices.router, events.router, tokens.router):
+    for r in (accounts.router, lifecycle.router, devices.router, events.router, tokens.router, units.router):
         app.include_router(r, responses=_ERRORS)
     return app
 

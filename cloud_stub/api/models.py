@@ -328,3 +328,89 @@ class LedgerEntry(Model):
 
 class TickResult(Model):
     changes: list[AccountChange] = Field(description="the accounts the tick billed or moved")
+
+
+# --- factory registration (cloud_stub/units.py, docs/bench.md) ---------------------------
+
+
+class UnitRegister(Model):
+    uid: str = Field(min_length=1, max_length=64, description="MCU unique id / MAC, hex", examples=["a4cf12b3c4d5"])
+    imei: str = Field(min_length=1, max_length=32, description="modem IMEI (15 digits, Luhn)")
+    iccid: str = Field(min_length=1, max_length=32, description="SIM ICCID (18-20 digits, 89…, Luhn)")
+    station: str = Field(min_length=1, max_length=200, description="bench station name")
+    operator: str = Field(min_length=1, max_length=200, description="who runs the bench")
+    bundle_hash: str | None = Field(default=None, max_length=200, description="firmware bundle hash on the unit")
+    rotate: bool = Field(default=False, description="issue new credentials even if the unit holds confirmed "
+                                                    "ones (the old ones are revoked at once)")
+
+    @field_validator("uid", "imei", "iccid", mode="after")
+    @classmethod
+    def _hardware_id(cls, v: str, info: Any) -> str:
+        from cloud_stub import serials
+
+        check = {"uid": serials.check_uid, "imei": serials.check_imei, "iccid": serials.check_iccid}[info.field_name]
+        try:
+            return check(v)
+        except serials.SerialError as exc:
+            raise ValueError(str(exc)) from None
+
+
+class UnitCredentials(Model):
+    mqtt_user: str
+    mqtt_pass: str = Field(description="plaintext, in this response only (the cloud keeps its hash)")
+
+
+class UnitStep(Model):
+    id: int
+    step: str
+    ok: bool
+    detail: dict[str, Any] | None = None
+    station: str | None = None
+    operator: str | None = None
+    bundle_hash: str | None = None
+    at: float
+
+
+class Unit(Model):
+    serial: str
+    device_id: str | None
+    status: Literal["allocated", "credentials_issued", "registered", "verified", "failed", "void"]
+    uid: str
+    imei: str
+    iccid: str
+    bundle_hash: str | None = None
+    station: str
+    operator: str
+    created: float
+    updated: float
+    credentials_at: float | None = None
+    credentials_confirmed_at: float | None = None
+    registered_at: float | None = None
+    verified_at: float | None = None
+    void_at: float | None = None
+    void_reason: str | None = None
+    steps: list[UnitStep] = Field(default_factory=list, description="every step result, oldest first")
+
+
+class UnitRegistration(Model):
+    serial: str
+    device_id: str
+    mqtt_user: str = Field(description="the unit's MQTT username (= device_id)")
+    created: bool = Field(description="true: a new serial was allocated; false: these hardware ids already had it")
+    rotated: bool = Field(default=False, description="the unit's earlier credentials were revoked for these")
+    credentials: UnitCredentials | None = Field(description="new credentials, or null: the unit already holds "
+                                                            "confirmed ones (read its identity back to check)")
+    unit: Unit
+
+
+class UnitResult(Model):
+    step: Literal["flash", "register", "verify", "label"]
+    ok: bool
+    detail: dict[str, Any] | None = Field(default=None, description="free-form facts: error, durations, …")
+    station: str | None = Field(default=None, max_length=200)
+    operator: str | None = Field(default=None, max_length=200)
+    bundle_hash: str | None = Field(default=None, max_length=200)
+
+
+class UnitVoid(Model):
+    reason: str = Field(min_length=1, max_length=200, description="why the unit will never ship")
