@@ -13,7 +13,10 @@ MODES_CHECKIN = ("suspended", "sleep", "deep_sleep", "delinked")
 # (key, default, kind). An immutable table; `defaults()` builds the mutable dict.
 _KEYS = (
     ("broker_host", "127.0.0.1", "str"),
-    ("broker_port", 1883, "port"),
+    ("broker_port", 1883, "port"),  # 8883 when tls is on and the port is not given
+    ("tls", False, "bool"),
+    ("tls_ca", "ca.der", "str"),  # the CA (DER or PEM) in the storage root
+    ("tls_server_name", None, "str"),  # the name the broker's certificate must carry; None: broker_host
     ("hb_s", 300, "pos"),
     ("keepalive_s", 600, "keepalive"),
     ("ack_timeout_s", 20, "pos"),
@@ -48,6 +51,8 @@ def _check(kind, v):
     """The normalized value, or None when `v` is not acceptable for `kind`."""
     if kind == "str":
         return v if type(v) is str and v else None
+    if kind == "bool":
+        return v if type(v) is bool else None
     if kind == "port":
         return v if type(v) is int and 0 < v < 65536 else None
     if kind == "pos":
@@ -92,6 +97,8 @@ def merge(overrides, log=None):
                 log.warn("bad value for %s: %r, keeping default %r" % (key, overrides[key], cfg[key]))
             continue
         cfg[key] = v
+    if cfg["tls"] and "broker_port" not in overrides:
+        cfg["broker_port"] = 8883
     if cfg["backoff_max_s"] < cfg["backoff_min_s"]:
         if log is not None:
             log.warn("backoff_max_s < backoff_min_s, using backoff_min_s for both")

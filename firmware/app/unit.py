@@ -9,7 +9,11 @@
 ``serial``) or None; `cfg` is a dict from app.config; `mqtt_factory(**kw)` returns
 an object with the API of mqtt.client.MQTTClient (it is normally that class) and is
 called with keyword arguments ``client_id, host, port, user, password, keepalive,
-clean_session, ack_timeout, backoff_min, backoff_max, log``.
+clean_session, ack_timeout, backoff_min, backoff_max, log``, plus ``ssl,
+server_hostname`` when ``cfg["tls"]`` is on (docs/security.md, "TLS"): then the unit
+verifies the broker against the CA file ``cfg["tls_ca"]`` in its storage and never
+falls back to plain MQTT (a missing CA or a broker that does not verify is a failed
+connect, retried with backoff, logged as ``ERROR mqtt: TLS … failed: <reason>``).
 
 Log lines (stdout, ``<uptime ms> <LEVEL> unit: <text>``) that tests may wait for:
 
@@ -100,6 +104,7 @@ class Unit:
         self._desired_seen = False
         self._first_checkin = True
         self._topics = None
+        self._tls = _TLS(store, cfg["tls_ca"]) if cfg.get("tls") else None
         if valid_identity(identity):
             self._set_identity(identity)
         self.load_state()
@@ -202,10 +207,16 @@ class Unit:
             backoff_min=cfg["backoff_min_s"],
             backoff_max=cfg["backoff_max_s"],
             log=self.log.child("mqtt"),
+            **self._tls_options(),
         )
         c.set_will(self._t_status, will, 1, True)
         c.on_message = self._on_message
         return c
+
+    def _tls_options(self):
+        if self._tls is None:
+            return {}
+        return {"ssl": self._tls, "server_hostname": self.cfg["tls_server_name"] or self.cfg["broker_host"]}
 
     def _ack_ms(self):
         return int(self.cfg["ack_timeout_s"] * 1000)
@@ -584,6 +595,33 @@ class Unit:
         await self._disconnect(c)
         self.log.info("checkin done")
         return True
+
+
+class _TLS:
+    """The unit's TLS context, as the MQTT client uses it (wrap_socket). Made from the CA
+    file at the first connect and kept (a few KB); after a failure to load it, tried again
+    at the next connect (a CA written later is picked up without a reboot)."""
+
+    def __init__(self, store, name):
+        self.store = store
+        self.name = name
+        self.ctx = None
+
+    def wrap_socket(self, sock, server_hostname=None, do_handshake_on_connect=True):
+        if self.ctx is None:
+            try:
+                with open(self.store.path(self.name), "rb") as f:
+                    cadata = f.read()
+            except OSError as e:
+                raise OSError("cannot read the CA file %s: %s" % (self.name, e))
+            from mqtt.client import tls_context
+
+            try:
+                self.ctx = tls_context(cadata)
+            except ValueError as e:
+                raise ValueError("%s is not a CA certificate: %s" % (self.name, str(e).strip()))
+        return self.ctx.wrap_socket(sock, server_hostname=server_hostname,
+                                    do_handshake_on_connect=do_handshake_on_connect)
 
 
 def main():

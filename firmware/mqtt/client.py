@@ -10,7 +10,13 @@ Contract: docs/firmware.md, "The MQTT client". In short:
   had been sent before) on every (re)connect; at most `max_inflight` of them;
 - inbound packets longer than `max_packet` (remaining length) are read off the
   socket in small chunks and dropped (QoS 1 ones still PUBACKed);
-- `run()` reconnects with exponential backoff and full jitter.
+- `run()` reconnects with exponential backoff and full jitter;
+- with `ssl` (an `ssl.SSLContext` that verifies: CERT_REQUIRED and the CA loaded) the
+  connection is TLS: the TCP connect as for plain MQTT, then the socket is wrapped
+  (`server_hostname` for SNI and the name check, default `host`) and the handshake
+  runs non-blocking inside the CONNECT write/CONNACK read, bounded by `connect_timeout`.
+  A broker whose certificate does not verify raises TLSError (an OSError: run() backs
+  off and retries like after any link failure). Without `ssl`, nothing changes.
 
 No module-level mutable state: several clients can share one interpreter.
 """
@@ -45,6 +51,11 @@ class MQTTError(Exception):
         self.code = code
 
 
+class TLSError(OSError):
+    """The TLS handshake failed: the broker's certificate does not chain to the unit's CA,
+    does not name the broker, or the TLS layer gave up. args: (message,)."""
+
+
 class MQTTClient:
     def __init__(
         self,
@@ -62,6 +73,8 @@ class MQTTClient:
         backoff_max=600,
         connect_timeout=20,
         log=None,
+        ssl=None,
+        server_hostname=None,
     ):
         self.client_id = client_id
         self.host = host
@@ -78,6 +91,8 @@ class MQTTClient:
         self._ack_ms = max(1, int(ack_timeout * 1000))
         self._cto_ms = max(1, int(connect_timeout * 1000))
         self._log = log
+        self._ssl = ssl
+        self.server_hostname = server_hostname or host
         self.on_message = None
         self.on_connect = None
         self.on_disconnect = None
@@ -125,13 +140,16 @@ class MQTTClient:
         self._drop_socket()
         self._gen += 1
         gen = self._gen
-        self._lg("info", "connecting to %s:%d" % (self.host, self.port))
+        tls = self._ssl is not None
+        self._lg("info", "connecting to %s:%d%s" % (self.host, self.port, " (TLS)" if tls else ""))
         try:
             r, w = await asyncio.wait_for_ms(asyncio.open_connection(self.host, self.port), self._cto_ms)
         except asyncio.TimeoutError:
             raise OSError(_ETIMEDOUT, "connect timeout")
+        _no_delay(w)  # on the TCP socket: an SSLSocket has no setsockopt
+        if tls:
+            r = w = self._wrap_tls(w)
         self._r, self._w = r, w
-        _no_delay(w)
         try:
             w.write(
                 pk.connect(
@@ -146,6 +164,11 @@ class MQTTClient:
         except EOFError:
             self._drop_socket()
             raise OSError(_ENOTCONN, "closed by broker")
+        except (ValueError, OSError) as e:
+            self._drop_socket()
+            if tls and (isinstance(e, ValueError) or _mbedtls_code(e)):
+                raise self._tls_error(e)
+            raise
         except BaseException:
             self._drop_socket()
             raise
@@ -339,6 +362,31 @@ class MQTTClient:
                 self._log(level, msg)
             except Exception:
                 pass
+
+    def _wrap_tls(self, w):
+        """A Stream over the TLS-wrapped socket of `w` (the handshake runs at the first write)."""
+        sock = w.s
+        try:
+            ss = self._ssl.wrap_socket(sock, server_hostname=self.server_hostname, do_handshake_on_connect=False)
+            ss.setblocking(False)
+        except Exception as e:
+            try:
+                sock.close()
+            except Exception:
+                pass
+            raise self._tls_error(e, "setup")
+        return asyncio.StreamReader(ss)
+
+    def _tls_error(self, e, what="handshake"):
+        # mbedTLS: certificate problems come as ValueError("\n<text>\n"), the rest as
+        # OSError(-code[, text])
+        a = e.args
+        if isinstance(e, OSError) and a and type(a[0]) is int:
+            msg = "%s (-0x%04x)" % (a[1] if len(a) > 1 else "error", -a[0])
+        else:
+            msg = " ".join(str(x).strip() for x in a) or type(e).__name__
+        self._lg("error", "TLS %s with %s failed: %s" % (what, self.server_hostname, msg))
+        return TLSError(msg)
 
     def _next_pid(self):
         while True:
@@ -665,6 +713,23 @@ class MQTTClient:
             if not got:
                 raise EOFError
             left -= got
+
+
+def tls_context(cadata):
+    """A client SSLContext that verifies the broker: its certificate must chain to the CA
+    `cadata` (DER or PEM bytes) and name the host asked for (server_hostname)."""
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED  # MicroPython's PROTOCOL_TLS_CLIENT default is CERT_NONE
+    ctx.load_verify_locations(cadata=cadata)
+    return ctx
+
+
+def _mbedtls_code(e):
+    """True for an OSError carrying an mbedTLS error (negative) rather than an errno."""
+    a = e.args
+    return bool(a) and type(a[0]) is int and a[0] < 0
 
 
 def _no_delay(stream):

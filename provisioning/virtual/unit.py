@@ -3,7 +3,8 @@
 The unit's directory (`root`) is its flash filesystem (see docs/firmware.md):
 `identity.json` and `config.json` (store-file format, written here at "registration"),
 `sim/hw.json` (the simulated hardware ids, written here "at the factory"),
-`sim/in.json` (simulated inputs, replaced atomically by `set_inputs`), and the files
+`sim/in.json` (simulated inputs, replaced atomically by `set_inputs`), `ca.der` (the CA
+the unit verifies the broker with, when it is given one: `tls_ca`), and the files
 the firmware writes itself (`state.json`, `sim/relay`).
 
 The process's stdout and stderr are appended to `<root>/console.log`. Exit code 42 is
@@ -148,6 +149,7 @@ class VirtualUnit:
         main: str | Path | None = None,
         env: dict[str, str] | None = None,
         firmware: str | Path | None = None,
+        tls_ca: str | Path | bytes | None = None,
     ) -> None:
         self.root = Path(root).resolve()
         self.device_id = device_id
@@ -166,6 +168,12 @@ class VirtualUnit:
         self.firmware = Path(firmware).resolve() if firmware is not None else FIRMWARE
         self.main = Path(main).resolve() if main is not None else self.firmware / "main.py"
         self.env = dict(env or {})
+        # `tls_ca`: the CA the unit trusts (cloud_stub.tls: `files.ca_der`, a path or the bytes): written
+        # as ca.der into the unit's storage, and the config says tls (the broker port must be the TLS one)
+        self.tls_ca = Path(tls_ca).read_bytes() if isinstance(tls_ca, str | Path) else tls_ca
+        if self.tls_ca is not None:
+            self.config.setdefault("tls", True)
+            self.config.setdefault("tls_ca", "ca.der")
 
         self.reboots = 0  # exits with code 42 that the supervisor turned into a new start
         self.starts = 0  # processes spawned (start, restart and reboots)
@@ -195,6 +203,10 @@ class VirtualUnit:
         self.sim.mkdir(parents=True, exist_ok=True)
         store_file.write(self.root / "identity.json", self.identity)
         self.write_config()
+        if self.tls_ca is not None:  # a plain file, as the firmware reads it (open(...).read())
+            tmp = self.root / (str(self.config["tls_ca"]) + ".new")
+            tmp.write_bytes(self.tls_ca)
+            tmp.replace(self.root / str(self.config["tls_ca"]))
         _write_json_atomic(self.sim / "hw.json", self.hw)
         if not (self.sim / "in.json").exists():
             _write_json_atomic(self.sim / "in.json", DEFAULT_INPUTS)
