@@ -14,6 +14,7 @@ from cloud_stub import auth
 from cloud_stub.registry import DEFAULT_DB_URL, RegistryError
 from cloud_stub.run import serve
 from cloud_stub.service import BrokerURLError, CloudEvent
+from cloud_stub.tls import TLSError
 from provisioning.cli import app
 
 cloud_app = typer.Typer(no_args_is_help=True, help="The local cloud: registry, MQTT ingestion, desired state.")
@@ -71,6 +72,17 @@ def serve_cmd(
         bool, typer.Option("--bootstrap-token", help="Create and print a fresh admin API token (for local use).")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Do not print live events.")] = False,
+    tls: Annotated[
+        bool, typer.Option("--tls", help="Also listen with TLS (a CA and certificate made in --tls-dir, then reused).")
+    ] = False,
+    tls_port: Annotated[int, typer.Option(help="Port of the TLS listener (with --tls).")] = 8883,
+    tls_dir: Annotated[
+        str, typer.Option(envvar="SIMSOCK_TLS_DIR", help="Where the CA and the broker's certificate live (with --tls).")
+    ] = "simsock-tls",
+    tls_name: Annotated[
+        list[str] | None,
+        typer.Option(help="Another host name or IP the units reach the broker by (repeatable; with --tls)."),
+    ] = None,
 ) -> None:
     """Run the cloud, a broker and the HTTP API until Ctrl-C."""
     console = Console()
@@ -85,12 +97,17 @@ def serve_cmd(
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with serve(broker, db, host=host, port=port, hb_interval=hb_interval, hb_timeout=hb_timeout,
-                   http_port=http_port, http_host=http_host) as served:
+                   http_port=http_port, http_host=http_host, tls_dir=tls_dir if tls else None,
+                   tls_port=tls_port, tls_names=tls_name or ()) as served:
             remove = served.cloud.add_listener(lambda e: console.print(_event_line(e), highlight=False))
             if quiet:
                 remove()
             console.print(f"[bold]simsock cloud[/] broker [green]{served.broker_url}[/]  "
                           f"api [green]{served.api_url}[/]  db {escape(db)}", highlight=False, soft_wrap=True)
+            if served.tls is not None:
+                console.print(f"TLS [green]{served.tls_url}[/] for {', '.join(served.tls.names)}  "
+                              f"CA {escape(str(served.tls.ca_pem))} (units: {escape(str(served.tls.ca_der))})",
+                              highlight=False, soft_wrap=True)
             if bootstrap_token:
                 cloud = served.cloud
                 _, secret = auth.create_token(cloud.registry, "bootstrap", auth.Role.ADMIN.value,
@@ -110,7 +127,7 @@ def serve_cmd(
                 pass
             remove()
             console.print("stopping…", style="dim")
-    except (BrokerURLError, RegistryError, ConnectionError, RuntimeError) as exc:
+    except (BrokerURLError, RegistryError, ConnectionError, RuntimeError, TLSError) as exc:
         raise fail(str(exc)) from None
     finally:
         for sig, handler in previous.items():
