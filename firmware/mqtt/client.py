@@ -147,8 +147,8 @@ class MQTTClient:
         except asyncio.TimeoutError:
             raise OSError(_ETIMEDOUT, "connect timeout")
         _no_delay(w)  # on the TCP socket: an SSLSocket has no setsockopt
-        if tls:
-            r = w = self._wrap_tls(w)
+        if self._ssl is not None:
+            self._wrap_tls(w, self._ssl)
         self._r, self._w = r, w
         try:
             w.write(
@@ -363,11 +363,12 @@ class MQTTClient:
             except Exception:
                 pass
 
-    def _wrap_tls(self, w):
-        """A Stream over the TLS-wrapped socket of `w` (the handshake runs at the first write)."""
+    def _wrap_tls(self, w, ctx):
+        """Put TLS under the stream `w` (MicroPython: one Stream object is reader and writer,
+        over `w.s`); the handshake runs at the first write and the reads after it."""
         sock = w.s
         try:
-            ss = self._ssl.wrap_socket(sock, server_hostname=self.server_hostname, do_handshake_on_connect=False)
+            ss = ctx.wrap_socket(sock, server_hostname=self.server_hostname, do_handshake_on_connect=False)
             ss.setblocking(False)
         except Exception as e:
             try:
@@ -375,7 +376,7 @@ class MQTTClient:
             except Exception:
                 pass
             raise self._tls_error(e, "setup")
-        return asyncio.StreamReader(ss)
+        w.s = ss
 
     def _tls_error(self, e, what="handshake"):
         # mbedTLS: certificate problems come as ValueError("\n<text>\n"), the rest as
