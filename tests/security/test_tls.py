@@ -189,7 +189,7 @@ def test_firmware_over_tls_with_issued_credentials_next_to_plain(tls_broker: Any
 @pytest.mark.parametrize("case", ["wrong_ca", "wrong_name", "no_ca_file"])
 def test_firmware_refuses_a_broker_it_cannot_verify(tls_broker: Any, cloud: Cloud, pki: tls.TLSFiles,
                                                     other_pki: tls.TLSFiles, tmp_path: Path, case: str) -> None:
-    ca, config, expect = {
+    cases: dict[str, tuple[Path | None, dict[str, Any], str]] = {
         "wrong_ca": (other_pki.ca_der, {}, r"TLS handshake with 127\.0\.0\.1 failed: The certificate is not "
                                            r"correctly signed by the trusted CA"),
         "wrong_name": (pki.ca_der, {"tls_server_name": "broker.example.net"},
@@ -197,7 +197,8 @@ def test_firmware_refuses_a_broker_it_cannot_verify(tls_broker: Any, cloud: Clou
                        r"not match"),
         "no_ca_file": (None, {"tls": True, "tls_ca": "missing.der"},
                        r"TLS setup with 127\.0\.0\.1 failed: cannot read the CA file missing\.der"),
-    }[case]
+    }
+    ca, config, expect = cases[case]
     unit = _unit(tmp_path, cloud, f"tls-{case.replace('_', '-')}", tls_broker.tls_port, config, tls_ca=ca)
     try:
         t0 = time.monotonic()

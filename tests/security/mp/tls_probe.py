@@ -18,7 +18,7 @@ mode, host, port, user, password = sys.argv[1], sys.argv[2], int(sys.argv[3]), s
 
 
 def log(level, msg):
-    print("LOG %s %s" % (level, msg))
+    print(f"LOG {level} {msg}")
 
 
 def alloc():
@@ -49,19 +49,19 @@ async def main():
     t = time.ticks_us()
     try:
         await c.connect()
-    except Exception as e:  # noqa: BLE001 - reported to the test
-        print("RESULT error=%s" % type(e).__name__)
+    except Exception as e:  # reported to the test
+        print(f"RESULT error={type(e).__name__}")
         return
     dt = time.ticks_diff(time.ticks_us(), t)
     a2, c2 = alloc(), c_heap()
     step("connected")
-    pid = await c.publish("simsock/v1/%s/hb" % user, b"x" * 20, qos=1)
+    pid = await c.publish(f"simsock/v1/{user}/hb", b"x" * 20, qos=1)
     ok = await c.wait_acked(pid, 3000)
     step("published")
     await c.disconnect()
     a4, c4 = alloc(), c_heap()
-    print("RESULT connect_us=%d ctx=%d conn=%d after_close=%d c_ctx=%d c_conn=%d c_after_close=%d acked=%d"
-          % (dt, a_ctx - a0, a2 - a1, a4 - a1, c_ctx - c0, c2 - c_ctx, c4 - c_ctx, int(ok)))
+    print(f"RESULT connect_us={dt} ctx={a_ctx - a0} conn={a2 - a1} after_close={a4 - a1} c_ctx={c_ctx - c0} "
+          f"c_conn={c2 - c_ctx} c_after_close={c4 - c_ctx} acked={int(ok)}")
 
 
 asyncio.run(main())
