@@ -314,3 +314,26 @@ def test_tls_cost_figures(tls_broker: Any, cloud: Cloud, pki: tls.TLSFiles, mall
     assert pub_tls - pub_plain <= 40  # one TLS record: 5-byte header + 8-byte nonce + 16-byte tag (AES-GCM)
     if malloc_shim is not None:
         assert t["c_conn"] < 40_000 and t["c_after_close"] <= 0  # all of it freed at close
+
+
+def test_firmware_tls_config_keys() -> None:
+    """app.config: tls (bool), tls_ca, tls_server_name; broker_port 8883 with tls unless given."""
+    code = """
+from app import config
+class L:
+    lines = []
+    def warn(self, t): self.lines.append(t)
+d = config.defaults()
+assert d["tls"] is False and d["tls_ca"] == "ca.der" and d["tls_server_name"] is None and d["broker_port"] == 1883
+c = config.merge({"tls": True})
+assert c["tls"] is True and c["broker_port"] == 8883
+c = config.merge({"tls": True, "broker_port": 18883, "tls_server_name": "broker.example.net", "tls_ca": "x.pem"})
+assert c["broker_port"] == 18883 and c["tls_server_name"] == "broker.example.net" and c["tls_ca"] == "x.pem"
+log = L()
+c = config.merge({"tls": "yes", "tls_ca": "", "tls_server_name": 5}, log)
+assert c["tls"] is False and c["tls_ca"] == "ca.der" and c["tls_server_name"] is None and len(log.lines) == 3
+print("OK")
+"""
+    env = dict(os.environ, MICROPYPATH=f"{FIRMWARE}:.frozen")
+    r = subprocess.run([micropython_exe(), "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    assert r.stdout.strip() == "OK", r.stdout + r.stderr
