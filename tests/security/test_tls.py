@@ -337,3 +337,17 @@ print("OK")
     env = dict(os.environ, MICROPYPATH=f"{FIRMWARE}:.frozen")
     r = subprocess.run([micropython_exe(), "-c", code], env=env, capture_output=True, text=True, timeout=30)
     assert r.stdout.strip() == "OK", r.stdout + r.stderr
+
+
+def test_cloud_serve_tls_refusals(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from provisioning.cli import app
+
+    db = f"sqlite:///{tmp_path / 'c.db'}"
+    runner = CliRunner()
+    r = runner.invoke(app, ["cloud", "serve", "--tls", "--broker", "mqtt://127.0.0.1:1", "--db", db])
+    assert r.exit_code == 1 and "broker started here" in r.output
+    r = runner.invoke(app, ["cloud", "serve", "--tls", "--tls-name", "bad name", "--tls-dir", str(tmp_path / "t"),
+                            "--db", db])
+    assert r.exit_code == 1 and "neither a host name nor an IP" in r.output
