@@ -236,19 +236,15 @@ class Unit:
 
     def _on_message(self, topic, payload, retained):
         # Called by the client (sync, must not block): queue for the message task.
-        if len(self._inbox) >= INBOX_MAX:  # cannot happen while reading pauses below; kept as a bound
+        if len(self._inbox) >= INBOX_MAX:
             self.log.warn("inbox full, dropped message on %s" % topic)
             return
         self._inbox.append((topic, payload, retained))
         self._inbox_ev.set()
-        c = self.client
-        if len(self._inbox) >= INBOX_MAX and c is not None:
-            c.pause_reading()  # backpressure: the broker keeps the rest until we have room
 
     async def _drain(self, c):
         while self._inbox:
             topic, payload, retained = self._inbox.pop(0)
-            c.resume_reading()  # room again: let the client read the next message
             try:
                 if topic == self._t_desired:
                     await self._on_desired(c, payload)

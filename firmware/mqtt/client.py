@@ -96,8 +96,6 @@ class MQTTClient:
         self.on_message = None
         self.on_connect = None
         self.on_disconnect = None
-        self._rx_gate = asyncio.Event()  # cleared by pause_reading(): backpressure from the consumer
-        self._rx_gate.set()
         self._will = None
         self._r = None
         self._w = None
@@ -142,7 +140,6 @@ class MQTTClient:
         self._drop_socket()
         self._gen += 1
         gen = self._gen
-        self._rx_gate.set()  # a new connection starts reading; the consumer re-pauses if it must
         tls = self._ssl is not None
         self._lg("info", "connecting to %s:%d%s" % (self.host, self.port, " (TLS)" if tls else ""))
         try:
@@ -348,14 +345,6 @@ class MQTTClient:
         self._down.set()
         self._pulse.set()
         self._pulse.clear()
-
-    def pause_reading(self):
-        """Stop reading the socket until resume_reading(): a consumer whose queue is full pushes
-        back through TCP flow control instead of dropping a message already PUBACKed."""
-        self._rx_gate.clear()
-
-    def resume_reading(self):
-        self._rx_gate.set()
 
     def close(self):
         """Drop the socket without DISCONNECT (the broker publishes the will); run() returns."""
@@ -627,8 +616,6 @@ class MQTTClient:
     async def _rx_loop(self, gen):
         try:
             while gen == self._gen:
-                if not self._rx_gate.is_set():
-                    await self._rx_gate.wait()
                 await self._rx_one()
         except Exception as e:  # EOFError, OSError, ValueError (malformed)
             if gen == self._gen:
