@@ -5,11 +5,28 @@ from __future__ import annotations
 import json
 import random
 import string
+import time
+
+import pytest
 
 from provisioning.build import compile_firmware
+from provisioning.virtual.unit import VirtualUnit
 from tests.integration.conftest import Stack, wait_until
 
 N_PAYLOADS = 300
+
+
+def _quiet(unit: VirtualUnit, for_s: float = 1.0, timeout: float = 30.0) -> None:
+    """Wait until the unit's console stops growing: it has worked through what it was sent."""
+    deadline = time.monotonic() + timeout
+    size, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        now = len(unit.console())
+        if now != size:
+            size, since = now, time.monotonic()
+        elif time.monotonic() - since >= for_s:
+            return
+        time.sleep(0.1)
 
 
 def _garbage(rng: random.Random, newest: int) -> tuple[str, bytes]:
@@ -61,6 +78,7 @@ def test_hundreds_of_bad_payloads_leave_the_unit_running(stack: Stack) -> None:
     assert any("op" in a["err"] or "arg" in a["err"] for a in acks)
 
     # Still alive, still the same mode and version, and still obeying.
+    _quiet(unit)
     assert unit.is_running and unit.reboots == 0
     cid = stack.cloud.send_command(unit.device_id, "status")
     ack = stack.cloud.wait_ack(cid, 30)
@@ -80,7 +98,24 @@ def test_bad_payloads_on_a_small_heap(stack: Stack) -> None:
     for _ in range(N_PAYLOADS // 3):
         leaf, payload = _garbage(rng, newest)
         stack.observer.publish(stack.topic(unit, leaf), payload)
+    _quiet(unit)
     ack = stack.cloud.wait_ack(stack.cloud.send_command(unit.device_id, "status"), 30)
     assert ack and ack["ok"], ack
     assert unit.is_running and unit.reboots == 0
     assert "MemoryError" not in unit.console()
+
+
+@pytest.mark.xfail(strict=False, reason="known limit: past its 16-message inbox the unit drops commands it has "
+                   "already PUBACKed; Mosquitto's in-flight window paces a burst enough, amqtt's does not "
+                   "(pausing the reader deadlocks; needs PUBACK-after-consume, see docs/decisions.md)")
+def test_a_burst_of_commands_beyond_the_inbox_is_answered_in_full(stack: Stack) -> None:
+    """Every command the unit PUBACKed must also be answered, even in a burst larger than its inbox."""
+    unit = stack.add_unit(config={"hb_s": 30})
+    ids = [f"burst-{i:03d}" for i in range(80)]
+    for cid in ids:
+        stack.observer.publish(stack.topic(unit, "cmd"), json.dumps({"id": cid, "op": "status"}))
+    answered = wait_until(
+        lambda: {a.get("id") for a in stack.observer.json_on(stack.topic(unit, "ack"))} >= set(ids) or None,
+        15, "an ack for every command of the burst")
+    assert answered
+    assert "inbox full" not in unit.console()
