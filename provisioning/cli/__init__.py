@@ -11,7 +11,7 @@ def _register() -> None:
     # Each module adds its commands to `app`; imported here so `simsock --help` lists them all.
     import importlib
 
-    for name in ("demo", "cloud", "account", "token", "devices", "build"):
+    for name in ("demo", "cloud", "account", "token", "devices", "build", "bench"):
         try:
             importlib.import_module(f"provisioning.cli.{name}")
         except ModuleNotFoundError as exc:
