@@ -202,7 +202,7 @@ class Units:
                   ) -> tuple[dict[str, Any], bool]:
         """One transaction: find the unit by its ids or allocate a serial and store it; audited."""
         reg = self.registry
-        with audit.change(reg, actor, "unit.register", "unit", None, at=now, via=via) as entry:
+        with audit.change(reg, actor, "unit.allocate", "unit", None, at=now, via=via) as entry:
             row = self.match(reg.units_by_hardware(hw.uid, hw.imei, hw.iccid), hw)
             created = row is None
             if row is None:

@@ -154,7 +154,7 @@ def test_allocation_never_duplicates_across_processes(registry_url: str) -> None
         assert len({r["device_id"] for r in rows}) == len(rows)
         assert reg.serial_sequences()[0]["last_seq"] == PROCS * PER_PROC
         # every allocation was audited with its unit
-        audited = {a["target_id"] for a in reg.audit_entries(action="unit.register", limit=100_000)}
+        audited = {a["target_id"] for a in reg.audit_entries(action="unit.allocate", limit=100_000)}
         assert audited == set(allocated)
 
 

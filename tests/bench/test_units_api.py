@@ -60,7 +60,7 @@ def test_register_new_unit(bench_stack, bench_api, hw) -> None:
     # the slot exists with the serial, and the plaintext password is nowhere in the database
     assert bench_stack.cloud.registry.device_row(r.device_id)["serial"] == r.serial
     actions = [a.action for a in bench_stack.client("admin").audit(target_type="unit", target_id=r.serial)]
-    assert actions == ["unit.register", "unit.credentials_issued"]
+    assert actions == ["unit.allocate", "unit.credentials_issued"]
     dump = "\n".join(str(e.model_dump()) for e in bench_stack.client("admin").audit(target_id=r.serial))
     assert r.credentials.mqtt_pass not in dump
 
