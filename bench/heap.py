@@ -1,6 +1,7 @@
 """MicroPython heap of the firmware through a full cycle, and the smallest heap that still runs it.
 
-The cycle (one virtual unit, embedded broker, the cloud; time scaled down):
+The cycle (one virtual unit with MQTT credentials the cloud issued, the embedded broker
+enforcing them, the cloud; time scaled down):
 boot + connect → heartbeats → relay command → mains alert → suspend → 2 check-ins → resume.
 Every phase must converge (the cloud sees it) within a few seconds, and the unit must not
 reboot; otherwise the cycle fails at that phase.
@@ -61,7 +62,7 @@ CONFIG: dict[str, Any] = {
     "mains_poll_ms": 100,
 }
 PHASE_TIMEOUT = 10.0
-SIZES_K = [16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256, 320]
+SIZES_K = [16, 24, 32, 40, 48, 56, 64, 80, 88, 96, 104, 112, 128, 144, 160, 176, 192, 224, 256, 320]
 HEAP_KEYS = ("heap_free", "heap_low", "heap_live", "heap_peak")  # whichever the status ack has
 
 
@@ -162,8 +163,9 @@ def run_cycle(cloud: Cloud, events: Events, work: Path, n: int, variant: str, mp
     cyc = Cycle(variant, heapsize, probe)
     dev = f"hp-{n:03d}"
     acct = cloud.create_account(dev, balance_cents=1000)
+    user, password = cloud.issue_credentials(dev)  # the unit's own MQTT account; the broker refuses anyone else
     cloud.add_device(acct.id, dev)
-    kwargs: dict[str, Any] = {"config": CONFIG, "heapsize": heapsize}
+    kwargs: dict[str, Any] = {"config": CONFIG, "heapsize": heapsize, "mqtt_user": user, "mqtt_pass": password}
     if mpy_dir is not None:
         kwargs["env"] = {"MICROPYPATH": f"{mpy_dir}:.frozen"}
         kwargs["main"] = PROBE_MAIN if probe else mpy_dir / "main.py"

@@ -1,10 +1,10 @@
 """Bytes on the wire: per heartbeat, per check-in, per day — simsock vs Tasmota defaults.
 
-One virtual unit (the real firmware under MicroPython) connects to the embedded broker
-THROUGH `NetProxy`; the proxy counts the MQTT bytes (TCP payload) and the chunks (one
-recv() ≈ one TCP segment) in each direction. When the process may open an AF_PACKET
-socket (root), the real TCP segments of the unit↔proxy leg on loopback are counted too,
-as a check of the header model.
+One virtual unit (the real firmware under MicroPython, with MQTT credentials the cloud
+issued, as every unit has) connects to the broker THROUGH `NetProxy`; the proxy counts
+the MQTT bytes (TCP payload) and the chunks (one recv() ≈ one TCP segment) in each
+direction. When the process may open an AF_PACKET socket (root), the real TCP segments
+of the unit↔proxy leg on loopback are counted too, as a check of the header model.
 
 Time is scaled down (heartbeat every 1 s, check-in every 2–3 s): the bytes of a message
 do not depend on the interval. The per-day figures then use the default intervals
@@ -138,6 +138,9 @@ class Bench:
         with serve(broker, f"sqlite:///{work / 'cloud.db'}", hb_interval=1.0, sweep_interval=0.5) as served:
             cloud = served.cloud
             acct = cloud.create_account("bench", balance_cents=1000)
+            # the unit's own MQTT account, issued by the cloud (username = client id = device id): the broker
+            # refuses anyone else, and the credentials travel in every CONNECT (session setup, check-in)
+            user, password = cloud.issue_credentials(DEVICE_ID)
             cloud.add_device(acct.id, DEVICE_ID)  # the cloud publishes desired {v:1, mode:active}, retained
             last_hb: dict[str, int] = {}
             cloud.add_listener(lambda ev: last_hb.update(ev.data) if ev.kind == "hb" else None)
@@ -146,7 +149,7 @@ class Bench:
                 self.sniffer = Sniffer.try_start(proxy.port)
                 try:
                     with VirtualUnit(work / DEVICE_ID, DEVICE_ID, broker_host=proxy.host, broker_port=proxy.port,
-                                     config=SCALED) as unit:
+                                     config=SCALED, mqtt_user=user, mqtt_pass=password) as unit:
                         self._measure(cloud, acct.id, unit)
                 finally:
                     if self.sniffer:
