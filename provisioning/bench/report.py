@@ -48,6 +48,10 @@ class UnitOutcome:
     reason: str | None = None
     steps: dict[str, float] = field(default_factory=dict)  # step -> seconds
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready; what `load_outcomes` / `simsock bench report --in` read back."""
+        return asdict(self)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UnitOutcome:
         known = {k: d[k] for k in ("port", "ok", "started", "finished", "serial", "device_id", "failed_step",

@@ -7,6 +7,7 @@ units per hour and step durations for a synthetic session."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -96,8 +97,6 @@ def test_verify_passes_on_the_first_heartbeat_after_registration_then_label(benc
     with bench_stack.client("read-only") as ro:
         last = ro.unit(reg.serial).steps[-1]
     assert last.step == "label" and last.ok and last.detail is not None and last.detail["fw"] == "0.1.0"
-    import hashlib
-
     assert last.detail["sha256"] == hashlib.sha256(png).hexdigest()
 
 
@@ -231,7 +230,7 @@ def test_report_counts_reasons_units_per_hour_and_steps(tmp_path):
 
 
 def _write(path: Path) -> Path:
-    path.write_text(json.dumps([vars(o) for o in _session()]))
+    path.write_text(json.dumps([o.to_dict() for o in _session()]))
     return path
 
 
