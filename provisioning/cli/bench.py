@@ -18,6 +18,100 @@ app.add_typer(bench_app, name="bench")
 console = Console()
 
 
+@bench_app.command("flash")
+def flash(
+    port: Annotated[list[str], typer.Option("--port", help="A unit's serial port; repeat for several (flashed "
+                                                           "in parallel).")],
+    image: Annotated[str, typer.Option("--image", help="The merged image of `simsock build`.")
+                     ] = ".build/out/flash.bin",
+    chip: Annotated[str, typer.Option("--chip", help="The chip this bench flashes; any other is refused.")
+                    ] = "esp32",
+    baud: Annotated[int, typer.Option(help="Serial speed after connecting at the ROM's 115200.")] = 921600,
+    offset: Annotated[str, typer.Option(help="Flash offset of the image (0x1000 for the classic ESP32).")
+                      ] = "0x1000",
+    no_stub: Annotated[bool, typer.Option("--no-stub", help="Use the ROM loader only (no stub flasher).")] = False,
+    before: Annotated[str, typer.Option(help="default-reset (DTR/RTS into download mode) or no-reset.")
+                      ] = "default-reset",
+    after: Annotated[str, typer.Option(help="hard-reset (RTS), soft-reset (run the app) or no-reset.")
+                     ] = "hard-reset",
+    connect_attempts: Annotated[int, typer.Option(min=1, help="Connection attempts (~0.7 s each).")] = 7,
+) -> None:
+    """Write the image (compressed) through esptool, verify it by MD5, reset the unit. Exit code 0 only
+    when every port was written and verified."""
+    import json
+    import threading
+    from pathlib import Path
+
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from provisioning.bench.flash import FlashError, FlashProgress, FlashResult, flash_unit
+
+    try:
+        at = int(offset, 0)
+    except ValueError:
+        raise fail(f"--offset {offset!r} is not a number") from None
+    img = Path(image)
+    if not img.is_file():
+        raise fail(f"{image}: no such image (run simsock build --micropython-bin …)")
+    expect: int | None = None
+    with_build = img.parent / "build.json"  # the build says which chip and flash size the image is for
+    if with_build.is_file():
+        try:
+            info = json.loads(with_build.read_text())
+            built = info["flash"] if info.get("flash") and info["flash"].get("file") == img.name else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            built = None
+        if built is not None:
+            if built.get("chip") and built["chip"] != chip:
+                raise fail(f"{image} was built for {built['chip']}, this bench flashes --chip {chip}")
+            if built.get("offset") is not None and int(built["offset"]) != at:
+                raise fail(f"{image} belongs at {int(built['offset']):#x} (build.json), not {at:#x}")
+            expect = int(info["fs"]["flash_size"])
+    results: dict[str, FlashResult | FlashError] = {}
+    with Progress(TextColumn("[bold]{task.fields[port]}[/]"), TextColumn("{task.description:<8}"), BarColumn(),
+                  DownloadColumn(), TimeElapsedColumn(), console=console) as bars:
+        tasks = {p: bars.add_task("waiting", total=None, port=p) for p in port}
+
+        def show(p: FlashProgress) -> None:
+            if p.phase == "write" and p.total:
+                bars.update(tasks[p.port], description="write", completed=p.done, total=p.total)
+            elif p.phase == "done":
+                bars.update(tasks[p.port], description="[green]verified[/]")
+            else:
+                bars.update(tasks[p.port], description=p.phase)
+
+        def one(p: str) -> None:
+            try:
+                results[p] = flash_unit(p, img, offset=at, chip=chip, baud=baud, stub=not no_stub,
+                                        connect_mode=before, connect_attempts=connect_attempts, after=after,
+                                        expect_flash_size=expect, progress=show)
+            except FlashError as exc:
+                results[p] = exc
+                bars.update(tasks[p], description=f"[red]{exc.step} failed[/]")
+            except Exception as exc:  # a bug must not count as a flashed unit either
+                results[p] = FlashError("internal", repr(exc), FlashResult(p, str(img), at, 0, "", ""))
+                bars.update(tasks[p], description="[red]failed[/]")
+
+        threads = [threading.Thread(target=one, args=(p,), name=f"flash {p}") for p in port]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    failed = 0
+    for p in port:
+        r = results.get(p)
+        if isinstance(r, FlashResult) and r.ok:
+            console.print(f"[green]flashed[/] {escape(p)}  {escape(r.chip or '')}  MAC {r.mac}  {r.size} bytes at "
+                          f"{r.offset:#x}, MD5 verified ({r.seconds:.1f}s)", highlight=False)
+        else:
+            failed += 1
+            why = r.message if isinstance(r, FlashError) else "no result"
+            step = r.step if isinstance(r, FlashError) else "?"
+            console.print(f"[red]FAILED[/] {escape(p)}  at {step}: {escape(why)}", highlight=False)
+    if failed:
+        raise fail(f"flash failed on {failed} of {len(port)} port(s)")
+
+
 @bench_app.command("register")
 def register(
     port: Annotated[str, typer.Option("--port", help="The unit's serial port (/dev/ttyUSB0, a pty path).")],
