@@ -240,3 +240,31 @@ def test_flash_over_a_paced_921600_baud_link_with_flash_timing(fw_build, make_un
           f"(write {res.write_seconds:.1f} s)")
     unit.wait_booted(10)
     unit.wait_log(r"unprovisioned: waiting for registration", 15)
+
+
+def test_brownout_mid_flash_fails_at_write(fw_build, make_unit) -> None:
+    unit = make_unit(faults=Faults(brownout_after_bytes=20_000))  # back in the ROM, write session lost
+    with pytest.raises(FlashError) as e:
+        _flash(unit, fw_build.merged)
+    assert e.value.step == "write" and not e.value.result.ok and not unit.booted.is_set()
+
+
+def test_unit_that_answers_garbage(fw_build, make_unit) -> None:
+    unit = make_unit(faults=Faults(garbage=True))  # wrong baud rate, a chatty app
+    with pytest.raises(FlashError, match="no ROM loader answered") as e:
+        _flash(unit, fw_build.merged)
+    assert e.value.step == "connect"
+
+
+def test_power_cycle_into_download_mode_and_reflash(fw_build, make_unit) -> None:
+    unit = make_unit()
+    assert _flash(unit, fw_build.merged).ok
+    unit.wait_booted(10)
+    unit.wait_log(r"unprovisioned: waiting for registration", 15)
+    unit.power_cycle(download=True)  # the jig: IO0 low, power on
+    assert unit.rom is not None and unit.rom.state == "download" and not unit.is_running
+    since = unit.mark()
+    assert _flash(unit, fw_build.merged).ok
+    unit.wait_booted(10)
+    unit.wait_log(r"unprovisioned: waiting for registration", 15, since=since)
+    assert unit.boot_reasons == ["run_user_code", "run_user_code"]
