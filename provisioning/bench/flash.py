@@ -89,13 +89,21 @@ class FlashError(Exception):
 # --- esptool's logger, per thread --------------------------------------------------------------
 
 
+class _Cancelled(Exception):
+    """Raised inside esptool's write loop (from its logger) when the caller's cancel event is set."""
+
+
 class _Sink:
-    def __init__(self, result: FlashResult, progress: Callable[[FlashProgress], None] | None) -> None:
+    def __init__(self, result: FlashResult, progress: Callable[[FlashProgress], None] | None,
+                 cancel: threading.Event | None = None) -> None:
         self.result = result
         self.progress = progress
+        self.cancel = cancel
         self.line = ""
 
     def phase(self, phase: str, done: int = 0, total: int = 0) -> None:
+        if self.cancel is not None and self.cancel.is_set() and phase != "done":
+            raise _Cancelled
         self.result.step = phase if phase in STEPS else self.result.step
         if self.progress is not None:
             self.progress(FlashProgress(self.result.port, phase, done, total))
@@ -241,6 +249,7 @@ def flash_unit(
     after: str = "hard-reset",
     expect_flash_size: int | None = None,
     progress: Callable[[FlashProgress], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> FlashResult:
     """Write `image_path` at `offset` on the unit on `port`, compressed, and verify it by MD5.
 
@@ -249,6 +258,8 @@ def flash_unit(
     `stub=False` is esptool's --no-stub (ROM loader only; the virtual unit needs it).
     `after`: "hard-reset" (RTS; real units), "soft-reset" (ROM: FLASH_END run user code) or
     "no-reset". `expect_flash_size`: refuse a module whose flash differs (the build's size).
+    `cancel`: when set (Ctrl-C on the bench), the flash stops at the next block and fails as
+    "interrupted" — a half-written unit is never reported as flashed.
     """
     import serial
     from esptool.cmds import attach_flash, detect_chip, detect_flash_size, reset_chip, write_flash
@@ -265,7 +276,7 @@ def flash_unit(
     padded = data + b"\xff" * (-len(data) % 4)
     res = FlashResult(port, str(path), offset, len(data), hashlib.sha256(data).hexdigest(),
                       hashlib.md5(padded).hexdigest())
-    sink = _Sink(res, progress)
+    sink = _Sink(res, progress, cancel)
 
     def fail(step: str, message: str) -> FlashError:
         res.ok, res.step, res.error = False, step, message
@@ -347,6 +358,8 @@ def flash_unit(
             reset_chip(esp, after)
     except FlashError:
         raise
+    except _Cancelled:
+        raise fail(res.step, f"interrupted at {res.step}: the unit is not flashed (flash it again)") from None
     except FatalError as exc:
         step = res.step if res.step in STEPS else step
         if "MD5" in str(exc) or "empty" in str(exc):

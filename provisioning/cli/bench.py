@@ -84,7 +84,7 @@ def flash(
             try:
                 results[p] = flash_unit(p, img, offset=at, chip=chip, baud=baud, stub=not no_stub,
                                         connect_mode=before, connect_attempts=connect_attempts, after=after,
-                                        expect_flash_size=expect, progress=show)
+                                        expect_flash_size=expect, progress=show, cancel=stop)
             except FlashError as exc:
                 results[p] = exc
                 bars.update(tasks[p], description=f"[red]{exc.step} failed[/]")
@@ -92,11 +92,18 @@ def flash(
                 results[p] = FlashError("internal", repr(exc), FlashResult(p, str(img), at, 0, "", ""))
                 bars.update(tasks[p], description="[red]failed[/]")
 
+        stop = threading.Event()  # Ctrl-C: every flash stops at its next block and fails as interrupted
         threads = [threading.Thread(target=one, args=(p,), name=f"flash {p}") for p in port]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.2)
+        except KeyboardInterrupt:
+            stop.set()
+            for t in threads:
+                t.join()
     failed = 0
     for p in port:
         r = results.get(p)

@@ -268,3 +268,18 @@ def test_power_cycle_into_download_mode_and_reflash(fw_build, make_unit) -> None
     unit.wait_booted(10)
     unit.wait_log(r"unprovisioned: waiting for registration", 15, since=since)
     assert unit.boot_reasons == ["run_user_code", "run_user_code"]
+
+
+def test_interrupted_flash_is_a_failure(fw_build, make_unit) -> None:
+    unit = make_unit()
+    stop = threading.Event()
+
+    def progress(p: FlashProgress) -> None:
+        if p.phase == "write" and p.done > 4096:
+            stop.set()  # what the CLI does on Ctrl-C
+
+    with pytest.raises(FlashError, match="interrupted at write") as e:
+        _flash(unit, fw_build.merged, progress=progress, cancel=stop)
+    assert e.value.step == "write" and not e.value.result.ok
+    assert unit.rom is not None and unit.rom.left_loader == [] and not unit.booted.is_set()
+    assert _flash(unit, fw_build.merged).ok  # the next attempt (same port, same ROM session) works
