@@ -364,10 +364,10 @@ def flash_unit(
         step = res.step if res.step in STEPS else step
         if "MD5" in str(exc) or "empty" in str(exc):
             step = "verify"
-        raise fail(step, f"{step} failed: {_first(exc)}") from None
+        raise fail(step, _first(exc)) from None
     except (serial.SerialException, OSError) as exc:
         step = res.step if res.step in STEPS else step
-        raise fail(step, f"{step} failed, the port went away ({exc})") from None
+        raise fail(step, f"the port went away ({_first(exc)})") from None
     finally:
         if esp is not None:
             with contextlib.suppress(Exception):  # a port that is gone cannot be closed twice
