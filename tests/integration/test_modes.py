@@ -21,8 +21,8 @@ def test_suspend_is_applied_acked_persisted_and_survives_a_power_cut(stack: Stac
     unit = stack.add_unit()
     v = _suspend(stack)
     assert stack.cloud.wait_converged(stack.account_id, 15)
-    acks = stack.observer.json_on(stack.topic(unit, "ack"))
-    assert {"dv": v, "ok": True, "mode": "suspended"} in acks
+    wait_until(lambda: {"dv": v, "ok": True, "mode": "suspended"} in stack.observer.json_on(stack.topic(unit, "ack")),
+               5, "the suspend ack on the wire")
     assert unit.state()["mode"] == "suspended" and unit.state()["v"] == v
     assert stack.cloud.wait_status(unit.device_id, "dormant", 10)
 
