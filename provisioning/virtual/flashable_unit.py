@@ -80,6 +80,7 @@ class FlashableUnit(VirtualConsoleUnit):
         self.booted = threading.Event()
         self.boot_reasons: list[str] = []
         self._boot_error: BaseException | None = None
+        self._closed = False  # close() won: a boot still on its way must not start a process
 
     @property
     def flash_path(self) -> Path:
@@ -127,6 +128,7 @@ class FlashableUnit(VirtualConsoleUnit):
     def start(self) -> None:
         """Power on with IO0 low: the ROM loader waits on `port` (idempotent)."""
         with self._lock:
+            self._closed = False
             if self.line is None:
                 self.line = SerialLine(baud=self.baud, link=self._link)
             self.root.mkdir(parents=True, exist_ok=True)
@@ -157,7 +159,7 @@ class FlashableUnit(VirtualConsoleUnit):
     def boot(self, reason: str = "boot") -> None:
         """Leave the loader and run the firmware from the flash file on the same line."""
         with self._lock:
-            if self.is_running:
+            if self.is_running or self._closed:
                 return
             rom, self.rom = self.rom, None
             if rom is not None:
@@ -200,6 +202,7 @@ class FlashableUnit(VirtualConsoleUnit):
     def close(self) -> None:
         """Power off and remove the serial line."""
         with self._lock:
+            self._closed = True
             rom, self.rom = self.rom, None
         if rom is not None:
             rom.stop()
