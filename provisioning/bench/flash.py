@@ -75,6 +75,15 @@ class FlashResult:
     error: str | None = None
     log: list[str] = field(default_factory=list)  # esptool's output for this port
 
+    def detail(self) -> dict[str, Any]:
+        """What to record as the unit's `flash` step once it has a serial (JSON-able, no log)."""
+        return {
+            "ok": self.ok, "step": self.step, "error": self.error, "image": Path(self.image).name,
+            "sha256": self.sha256, "md5": self.md5, "offset": self.offset, "size": self.size,
+            "chip": self.chip, "mac": self.mac, "flash_size": self.flash_size, "stub": self.stub,
+            "baud": self.baud, "seconds": round(self.seconds, 3),
+        }
+
 
 class FlashError(Exception):
     """A flash that did not end verified. `step` is where it failed; `result` holds what was learnt."""

@@ -7,6 +7,7 @@ that never answers, a missing port, the stub on a ROM without one — every one 
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -73,6 +74,8 @@ def test_flash_verify_boot_from_the_written_bytes_register_and_connect(bench_sta
     assert res.ok and res.step == "done" and res.chip_name == "ESP32" and res.flash_size == 4 * MiB
     assert res.chip == "ESP32-D0WD-V3 (revision v3.0)" and res.mac and not res.stub
     assert any("Hash of data verified" in ln for ln in res.log)
+    d = res.detail()
+    assert json.loads(json.dumps(d)) == d and d["ok"] and d["sha256"] == fw_build.info["flash"]["sha256"]
     phases = [p.phase for p in seen]
     assert phases[0] == "connect" and phases[-1] == "done" and "verify" in phases
     assert phases.index("write") < phases.index("verify") < phases.index("reset")
