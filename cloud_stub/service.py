@@ -185,6 +185,7 @@ class Cloud:
                         protocol=mqtt.MQTTv311)
         c.reconnect_delay_set(*self.reconnect_delay)  # type: ignore[arg-type]  # floats work
         c.on_connect = self._on_connect
+        c.on_subscribe = self._on_subscribe
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         if self.credentials is not None:
@@ -263,15 +264,17 @@ class Cloud:
         if reason_code.is_failure:
             log.warning("broker %s refused the connection: %s", self.broker_url, reason_code)
             return
-        for leaf in protocol.UNIT_TO_CLOUD:
-            client.subscribe(self.subscription(leaf), qos=1)
+        filters = [(self.subscription(leaf), 1) for leaf in protocol.UNIT_TO_CLOUD]
         if self.credentials is not None:
-            client.subscribe(acl.CONTROL_RESPONSE, qos=1)
+            filters.append((acl.CONTROL_RESPONSE, 1))
+        # One SUBSCRIBE; start() and wait_connected() return at its SUBACK (_on_subscribe), so a
+        # message published right after start() is never missed by a broker still subscribing.
+        _rc, self._subscribe_mid = client.subscribe(filters)
+        self._subscribe_filters = [f for f, _ in filters]
         self._listening_since = self.clock()
         self._link_up = True
         n = self.republish_all() if self.publisher else 0
         self.connections += 1
-        self._connected.set()  # start() and wait_connected() return once subscribed and re-published
         log.info("connected to %s (connection %d), re-published %d desired states", self.broker_url,
                  self.connections, n)
         self._fire("connection", None, connected=True, republished=n, connections=self.connections)
@@ -280,6 +283,14 @@ class Cloud:
         """The filter this cloud subscribes for `leaf`: shared (`$share/<group>/…`) in a worker group."""
         plain = protocol.subscription(leaf)
         return plain if self.worker_group is None else f"$share/{self.worker_group}/{plain}"
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        if mid != getattr(self, "_subscribe_mid", None):
+            return
+        for topic, rc in zip(self._subscribe_filters, reason_codes, strict=False):
+            if rc.is_failure:
+                log.error("broker %s refused the subscription %s: %s", self.broker_url, topic, rc)
+        self._connected.set()  # start() and wait_connected() return once subscribed and re-published
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, props: Any) -> None:
         was = self._connected.is_set()
