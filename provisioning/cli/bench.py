@@ -119,6 +119,149 @@ def flash(
         raise fail(f"flash failed on {failed} of {len(port)} port(s)")
 
 
+@bench_app.command("run")
+def run(
+    station: Annotated[str, typer.Option("--station", envvar="SIMSOCK_STATION", help="This bench station's name.")],
+    operator: Annotated[str, typer.Option("--operator", envvar="SIMSOCK_OPERATOR", help="Who runs the bench.")],
+    out: Annotated[str, typer.Option("--out", help="Directory for the report (report.json, units.csv, "
+                                                   "summary.csv) and labels/.")],
+    port: Annotated[list[str] | None, typer.Option("--port", help="A unit's serial port; repeat for several "
+                                                                  "(all run in parallel).")] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Also start a unit on every new port that appears "
+                                                        "(matched by --vid/--pid), until Ctrl-C.")] = False,
+    vid: Annotated[str | None, typer.Option("--vid", help="USB vendor id for --watch (hex, e.g. 10c4).")] = None,
+    pid: Annotated[str | None, typer.Option("--pid", help="USB product id for --watch (hex, e.g. ea60).")] = None,
+    image: Annotated[str | None, typer.Option("--image", help="A merged image of `simsock build` (flash.bin).")
+                     ] = None,
+    micropython_bin: Annotated[str | None, typer.Option("--micropython-bin", help="Build once first, with this "
+                                                        "MicroPython ESP32 .bin (instead of --image).")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="With --micropython-bin: a factory config.json "
+                                                                "bundled into the image (broker, …).")] = None,
+    chip: Annotated[str, typer.Option("--chip", help="The chip this bench flashes; any other is refused.")
+                    ] = "esp32",
+    baud: Annotated[int, typer.Option(help="Flash speed after connecting at the ROM's 115200.")] = 921600,
+    offset: Annotated[str, typer.Option(help="Flash offset of the image.")] = "0x1000",
+    no_stub: Annotated[bool, typer.Option("--no-stub", help="Use the ROM loader only (no stub flasher).")] = False,
+    before: Annotated[str, typer.Option(help="default-reset or no-reset.")] = "default-reset",
+    after: Annotated[str, typer.Option(help="hard-reset, soft-reset or no-reset (after the flash).")
+                     ] = "hard-reset",
+    connect_attempts: Annotated[int, typer.Option(min=1, help="Flash connection attempts.")] = 7,
+    register_timeout: Annotated[float, typer.Option(min=0.5, help="Seconds to wait for the flashed unit's "
+                                                                  "console.")] = 20.0,
+    verify_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the first heartbeat.")
+                              ] = 60.0,
+    api: ApiOption = DEFAULT_API_URL,
+    token: TokenOption = None,
+) -> None:
+    """Build once (or take --image), then flash → register → verify → label every unit in parallel with a
+    live table; one failing unit never stops the others; Ctrl-C stops cleanly (units in flight FAIL as
+    interrupted). Writes the report and labels to --out. Exit code 0 only when every unit PASSed."""
+    import json
+    import threading
+    from pathlib import Path
+
+    from rich.live import Live
+
+    from provisioning.api_client import ApiClient
+    from provisioning.bench.run import BenchRun, RunConfig, status_table, watch_ports
+
+    ports = list(port or [])
+    if not ports and not watch:
+        raise fail("give --port (repeat for several) or --watch --vid …")
+    if watch and vid is None:
+        raise fail("--watch needs --vid (and optionally --pid) to tell the bench's units from other ports")
+    try:
+        at = int(offset, 0)
+        vid_n = int(vid, 16) if vid is not None else None
+        pid_n = int(pid, 16) if pid is not None else None
+    except ValueError as exc:
+        raise fail(f"not a number: {exc}") from None
+    if (image is None) == (micropython_bin is None):
+        raise fail("give exactly one of --image (a built flash.bin) or --micropython-bin (build first)")
+    expect: int | None = None
+    bundle_hash: str | None = None
+    if micropython_bin is not None:
+        from provisioning.build import BuildError, build
+
+        extra: dict[str, bytes] = {}
+        if config is not None:
+            from provisioning.virtual import store_file
+
+            try:
+                extra["config.json"] = store_file.encode(json.loads(Path(config).read_text()))
+            except (OSError, ValueError) as exc:
+                raise fail(f"--config {config}: {exc}") from None
+        with console.status("building once…"):
+            try:
+                built = build(Path(out) / "build", micropython_bin=Path(micropython_bin), extra_files=extra)
+            except BuildError as exc:
+                raise fail(f"build refused: {exc}") from None
+        assert built.merged is not None
+        img = built.merged
+        console.print(f"built {escape(str(img))}  bundle {built.bundle_hash[:16]}", highlight=False)
+    else:
+        img = Path(str(image))
+        if not img.is_file():
+            raise fail(f"{image}: no such image (run simsock build --micropython-bin …)")
+    with_build = img.parent / "build.json"
+    if with_build.is_file():
+        try:
+            info = json.loads(with_build.read_text())
+            if info.get("flash") and info["flash"].get("file") == img.name:
+                if info["flash"].get("chip") and info["flash"]["chip"] != chip:
+                    raise fail(f"{img} was built for {info['flash']['chip']}, this bench flashes --chip {chip}")
+                expect = int(info["fs"]["flash_size"])
+            bundle_hash = json.loads((img.parent / "bundle" / "manifest.json").read_text()).get("bundle_hash") \
+                if (img.parent / "bundle" / "manifest.json").is_file() else None
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+
+    cfg = RunConfig(image=img, station=station, operator=operator, out=Path(out), offset=at, chip=chip, baud=baud,
+                    stub=not no_stub, connect_mode=before, connect_attempts=connect_attempts, after=after,
+                    expect_flash_size=expect, register_timeout=register_timeout, verify_timeout=verify_timeout,
+                    bundle_hash=bundle_hash)
+    with api_client(api, token) as probe:  # checks the URL and token options once, like the other commands
+        url, tok = probe.base_url, probe.token
+    stop = threading.Event()
+    bench = BenchRun(cfg, api_factory=lambda: ApiClient(url, tok), cancel=stop)
+    watcher: threading.Thread | None = None
+    with Live(status_table(bench), console=console, refresh_per_second=4, transient=False) as live:
+        for p in ports:
+            bench.start(p)
+        if watch:
+            def on_new(dev: str) -> None:
+                if dev not in ports and not bench.busy(dev):
+                    bench.start(dev)
+
+            watcher = threading.Thread(target=watch_ports, args=(on_new, stop), daemon=True, name="bench watch",
+                                       kwargs={"vid": vid_n, "pid": pid_n, "include_present": True})
+            watcher.start()
+        try:
+            while watch or bench.running():
+                live.update(status_table(bench))
+                if bench.wait(0.25) and not watch:
+                    break
+        except KeyboardInterrupt:
+            stop.set()
+            console.print("[yellow]stopping: units in flight are recorded as interrupted[/]")
+            bench.wait()
+        live.update(status_table(bench))
+    stop.set()
+    if watcher is not None:
+        watcher.join(2)
+    rep, paths = bench.finish()
+    s = rep["summary"]
+    console.print(f"{s['units']} units: [green]{s['passed']} PASS[/], [red]{s['failed']} FAIL[/]; "
+                  f"{s['units_per_hour']} units/h over {s['span_s']:.0f}s", highlight=False)
+    for o in bench.outcomes:
+        if not o.ok:
+            console.print(f"[red]FAIL[/] {escape(o.port)} {escape(o.serial or '')} at {o.failed_step}: "
+                          f"{escape(o.reason or '')}", highlight=False)
+    console.print("wrote " + ", ".join(escape(str(p)) for p in paths), highlight=False)
+    if s["failed"] or not s["units"]:
+        raise fail(f"{s['failed']} of {s['units']} unit(s) failed")
+
+
 @bench_app.command("register")
 def register(
     port: Annotated[str, typer.Option("--port", help="The unit's serial port (/dev/ttyUSB0, a pty path).")],

@@ -11,7 +11,6 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import esptool
@@ -20,44 +19,12 @@ from typer.testing import CliRunner
 
 from provisioning.bench.flash import FlashError, FlashProgress, flash_unit
 from provisioning.bench.register import register_unit
-from provisioning.build import BuildResult, build
-from provisioning.build.esp32img import fake_micropython_bin
 from provisioning.cli import app
-from provisioning.demo import SCALED_CONFIG
-from provisioning.virtual import store_file
 from provisioning.virtual.esp32_rom import Faults, FlashTiming
 from provisioning.virtual.flashable_unit import FlashableUnit
 
 runner = CliRunner()
 MiB = 1024 * 1024
-MakeUnit = Callable[..., FlashableUnit]
-
-
-@pytest.fixture(scope="module")
-def fw_build(bench_stack, tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
-    """Built once: the firmware + the factory config (this cloud's broker) in the littlefs image, merged
-    with a fabricated MicroPython .bin (as in tests/build)."""
-    work = tmp_path_factory.mktemp("fwbuild")
-    mpbin = work / "ESP32_GENERIC-fake-v1.29.0.bin"
-    mpbin.write_bytes(fake_micropython_bin())
-    config = {"broker_host": bench_stack.broker.host, "broker_port": bench_stack.broker.port, **SCALED_CONFIG}
-    return build(work / "out", micropython_bin=mpbin, extra_files={"config.json": store_file.encode(config)})
-
-
-@pytest.fixture
-def make_unit(tmp_path: Path) -> Iterator[MakeUnit]:
-    made: list[FlashableUnit] = []
-
-    def make(**kw: object) -> FlashableUnit:
-        name = f"blank-{len(made)}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
-        u = FlashableUnit(tmp_path / name, name, **kw)  # type: ignore[arg-type]
-        made.append(u)
-        u.start()
-        return u
-
-    yield make
-    for u in made:
-        u.close()
 
 
 def _flash(unit: FlashableUnit, image: Path, **kw: object):
