@@ -17,7 +17,7 @@ returns ``{"reboot": true}``; the unit resets after its ack is delivered).
 
 import json
 
-from app.desired import MAX_SIZE
+from app.desired import MAX_SIZE, value_at
 
 OPS = ("relay", "status", "reboot")
 ARGS = ("on", "off", "toggle")
@@ -39,19 +39,8 @@ def _valid_id(x):
 
 def scan_id(payload):
     """Find ``"id": "<1-32 chars>"`` in raw bytes (for error acks of unparsable payloads)."""
-    i = payload.find(b'"id"')
-    if i < 0:
-        return None
-    i += 4
-    n = len(payload)
-    while i < n and payload[i] in b" \t\r\n":
-        i += 1
-    if i >= n or payload[i] != 58:  # ':'
-        return None
-    i += 1
-    while i < n and payload[i] in b" \t\r\n":
-        i += 1
-    if i >= n or payload[i] != 34:  # '"'
+    i = value_at(payload, b"id")
+    if i < 0 or payload[i] != 34:  # '"'
         return None
     i += 1
     j = payload.find(b'"', i)

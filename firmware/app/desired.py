@@ -25,20 +25,32 @@ def is_newer(v, applied):
     return v > applied
 
 
-def scan_int(payload, key):
-    """Find ``"key": <digits>`` in raw bytes (for error acks of unparsable payloads)."""
+def value_at(payload, key):
+    """Index of the first byte of ``"key"``'s value in raw JSON bytes, or -1.
+
+    Used to answer a payload that does not parse (bad JSON, too large) with an error ack
+    that still carries its id or version; shared by commands.scan_id."""
     i = payload.find(b'"' + key + b'"')
     if i < 0:
-        return None
+        return -1
     i += len(key) + 2
     n = len(payload)
     while i < n and payload[i] in b" \t\r\n":
         i += 1
     if i >= n or payload[i] != 58:  # ':'
-        return None
+        return -1
     i += 1
     while i < n and payload[i] in b" \t\r\n":
         i += 1
+    return i if i < n else -1
+
+
+def scan_int(payload, key):
+    """Find ``"key": <digits>`` in raw bytes (for error acks of unparsable payloads)."""
+    i = value_at(payload, key)
+    if i < 0:
+        return None
+    n = len(payload)
     j = i
     while j < n and j - i < 10 and 48 <= payload[j] <= 57:
         j += 1
