@@ -33,8 +33,52 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
+
+
+class _ThreadStdout:
+    """sys.stdout that sends a thread's writes to that thread's buffer while it has one (`_quiet`), and
+    everything else to the stdout it wraps. `contextlib.redirect_stdout` swaps the process-wide sys.stdout:
+    two ports registering at once (bench run) interleave their swaps and can leave sys.stdout pointing at
+    a StringIO for good — the bench's own output then vanishes."""
+
+    def __init__(self, base: Any) -> None:
+        self._base = base
+        self._local = threading.local()
+
+    def write(self, text: str) -> int:
+        buf = getattr(self._local, "buf", None)
+        return (buf if buf is not None else self._base).write(text)
+
+    def flush(self) -> None:
+        buf = getattr(self._local, "buf", None)
+        (buf if buf is not None else self._base).flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+
+_stdout_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[io.StringIO]:
+    """What mpremote prints in this thread goes to the yielded buffer (thread-safe redirect_stdout)."""
+    with _stdout_lock:
+        proxy = sys.stdout
+        if not isinstance(proxy, _ThreadStdout):
+            proxy = sys.stdout = _ThreadStdout(sys.stdout)
+    prev = getattr(proxy._local, "buf", None)
+    buf = io.StringIO()
+    proxy._local.buf = buf
+    try:
+        yield buf
+    finally:
+        proxy._local.buf = prev
 
 MARK = "SIMSOCK-R:"
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
@@ -88,7 +132,7 @@ class UnitConsole:
         from mpremote.transport_serial import SerialTransport
 
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with _quiet():
                 # timeout: pyserial's read timeout. On a pty mpremote reads byte by byte without
                 # checking what is waiting, so without one a silent unit would block for ever.
                 self._t = SerialTransport(self.port, baudrate=self.baud, timeout=0.2)
@@ -168,7 +212,7 @@ class UnitConsole:
             raise ConsoleError(self.port, "console is not open")
         timeout = self.exec_timeout if timeout is None else timeout
         try:
-            with contextlib.redirect_stdout(io.StringIO()) as printed:
+            with _quiet() as printed:
                 out, err = self._t.exec_raw(code.encode(), timeout=timeout)
         except TransportError as exc:
             extra = printed.getvalue().strip()
@@ -203,7 +247,7 @@ class UnitConsole:
         if self._t is None:
             raise ConsoleError(self.port, "console is not open")
         try:
-            with contextlib.redirect_stdout(io.StringIO()):
+            with _quiet():
                 self._t.exec_raw_no_follow(b"import board\nboard.load().reset()\n")
             time.sleep(0.1)
         except Exception as exc:  # the unit may vanish mid-answer: that is the reset

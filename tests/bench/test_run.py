@@ -4,7 +4,9 @@ labels and the report; the VID/PID watcher."""
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -77,6 +79,8 @@ def test_three_units_in_parallel_and_one_faulty(bench_stack, fw_build, make_unit
     assert took < 60
     table = status_table(run)
     assert table.row_count == 5
+    # parallel registrations must not leave the process's stdout redirected (console.py's _quiet)
+    assert not isinstance(sys.stdout, io.StringIO)
 
 
 def test_cancel_mid_run_records_nothing_in_flight_as_pass(bench_stack, fw_build, make_unit, tmp_path: Path) -> None:
