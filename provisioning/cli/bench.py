@@ -237,10 +237,12 @@ def run(
                                        kwargs={"vid": vid_n, "pid": pid_n, "include_present": True})
             watcher.start()
         try:
-            while watch or bench.running():
+            while True:
                 live.update(status_table(bench))
-                if bench.wait(0.25) and not watch:
-                    break
+                if bench.wait(0.25):
+                    if not watch:
+                        break
+                    stop.wait(0.25)  # watching, nothing running: wait for the next port (or Ctrl-C)
         except KeyboardInterrupt:
             stop.set()
             console.print("[yellow]stopping: units in flight are recorded as interrupted[/]")
