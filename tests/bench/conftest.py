@@ -6,15 +6,20 @@ hardware ids (hex uid, Luhn IMEI and ICCID) per call."""
 from __future__ import annotations
 
 import itertools
+import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from provisioning.api_client import ApiClient
 from provisioning.build import BuildResult
+from provisioning.demo import SCALED_CONFIG
 from provisioning.virtual.bench_kit import BenchStack, UnitMaker, factory_build
 from provisioning.virtual.bench_kit import bench_stack as start_bench_stack
+from provisioning.virtual.console_unit import VirtualConsoleUnit
 from provisioning.virtual.flashable_unit import FlashableUnit
 from provisioning.virtual.unit import luhn_check_digit
 
@@ -66,3 +71,22 @@ def hw() -> Callable[[], dict[str, str]]:
 @pytest.fixture
 def bench_tmp(tmp_path: Path) -> Path:
     return tmp_path
+
+
+@pytest.fixture
+def make_console_unit(bench_stack: BenchStack, tmp_path: Path) -> Iterator[Callable[..., VirtualConsoleUnit]]:
+    """Units as they wait at the bench: firmware running, unprovisioned, console on a pty."""
+    made: list[VirtualConsoleUnit] = []
+
+    def make(name: str = "factory", **kw: Any) -> VirtualConsoleUnit:
+        name = f"{name}-{len(made)}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
+        u = VirtualConsoleUnit(tmp_path / name, name, broker_host=bench_stack.broker.host,
+                               broker_port=bench_stack.broker.port, config=SCALED_CONFIG, **kw)
+        made.append(u)
+        u.start()
+        u.wait_log(r"unit: unprovisioned: waiting for registration", 15)
+        return u
+
+    yield make
+    for u in made:
+        u.close()

@@ -10,8 +10,6 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -21,30 +19,10 @@ from provisioning.api_client import ApiClient
 from provisioning.bench.console import Garbage, NoAnswer, PortError, UnitConsole
 from provisioning.bench.register import RegisterError, register_unit
 from provisioning.cli import app
-from provisioning.demo import SCALED_CONFIG
-from provisioning.virtual.console_unit import VirtualConsoleUnit
 from provisioning.virtual.serial_line import SerialLine
 from provisioning.virtual.unit import fake_hw_ids
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def make_unit(bench_stack, tmp_path: Path) -> Iterator:
-    made: list[VirtualConsoleUnit] = []
-
-    def make(name: str = "factory", **kw) -> VirtualConsoleUnit:
-        name = f"{name}-{len(made)}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
-        u = VirtualConsoleUnit(tmp_path / name, name, broker_host=bench_stack.broker.host,
-                               broker_port=bench_stack.broker.port, config=SCALED_CONFIG, **kw)
-        made.append(u)
-        u.start()
-        u.wait_log(r"unit: unprovisioned: waiting for registration", 15)
-        return u
-
-    yield make
-    for u in made:
-        u.close()
 
 
 def _cli(bench_stack, *args: str):
@@ -52,8 +30,8 @@ def _cli(bench_stack, *args: str):
     return runner.invoke(app, ["bench", "register", *args], env=env, catch_exceptions=False)
 
 
-def test_cli_register_then_the_unit_boots_connects_and_its_heartbeat_reaches_the_cloud(bench_stack, make_unit):
-    unit = make_unit()
+def test_cli_register_then_the_unit_boots_connects_and_its_heartbeat_reaches_the_cloud(bench_stack, make_console_unit):
+    unit = make_console_unit()
     assert unit.identity_on_unit() is None
     r = _cli(bench_stack, "--port", unit.port, "--station", "st-e2e", "--operator", "ann", "--bundle-hash", "cd" * 32)
     assert r.exit_code == 0, r.output
@@ -92,8 +70,8 @@ def test_cli_register_then_the_unit_boots_connects_and_its_heartbeat_reaches_the
     api.close()
 
 
-def test_a_unit_whose_identity_is_lost_is_refused_without_rotate(bench_stack, make_unit):
-    unit = make_unit()
+def test_a_unit_whose_identity_is_lost_is_refused_without_rotate(bench_stack, make_console_unit):
+    unit = make_console_unit()
     api = bench_stack.client("bench")
     first = register_unit(unit.port, api, "st", "op", timeout=5, reboot=False)
     assert first.outcome == "registered"
@@ -152,8 +130,8 @@ def test_missing_port() -> None:
         UnitConsole("/dev/does-not-exist-simsock", timeout=1).open()
 
 
-def test_cloud_unreachable_nothing_is_written_or_recorded(bench_stack, make_unit) -> None:
-    unit = make_unit()
+def test_cloud_unreachable_nothing_is_written_or_recorded(bench_stack, make_console_unit) -> None:
+    unit = make_console_unit()
     before = len(bench_stack.cloud.registry.units(limit=100_000))
     with ApiClient(f"http://127.0.0.1:{free_port()}", bench_stack.tokens["bench"], timeout=2) as api, \
             pytest.raises(RegisterError) as e:
@@ -164,12 +142,12 @@ def test_cloud_unreachable_nothing_is_written_or_recorded(bench_stack, make_unit
     assert unit.is_running and unit.reboots == 0  # left in its REPL, not rebooted
 
 
-def test_hardware_ids_of_another_unit_are_refused(bench_stack, make_unit) -> None:
-    a = make_unit()
+def test_hardware_ids_of_another_unit_are_refused(bench_stack, make_console_unit) -> None:
+    a = make_console_unit()
     with bench_stack.client("bench") as api:
         ra = register_unit(a.port, api, "s", "o", timeout=5, reboot=False)
         other = fake_hw_ids("someone-else")
-        b = make_unit(hw={**other, "imei": a.hw["imei"]})  # a duplicate IMEI
+        b = make_console_unit(hw={**other, "imei": a.hw["imei"]})  # a duplicate IMEI
         before = len(bench_stack.cloud.registry.units(limit=100_000))
         with pytest.raises(RegisterError) as e:
             register_unit(b.port, api, "s", "o", timeout=5)

@@ -10,9 +10,7 @@ import csv
 import hashlib
 import io
 import json
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,28 +22,8 @@ from provisioning.bench.register import register_unit
 from provisioning.bench.report import UnitOutcome, build_report, load_outcomes, reason_key
 from provisioning.bench.verify import verify_unit
 from provisioning.cli import app
-from provisioning.demo import SCALED_CONFIG
-from provisioning.virtual.console_unit import VirtualConsoleUnit
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def make_unit(bench_stack, tmp_path: Path) -> Iterator:
-    made: list[VirtualConsoleUnit] = []
-
-    def make(name: str = "verify", **kw) -> VirtualConsoleUnit:
-        name = f"{name}-{len(made)}-{os.getpid()}-{time.monotonic_ns() % 10**6}"
-        u = VirtualConsoleUnit(tmp_path / name, name, broker_host=bench_stack.broker.host,
-                               broker_port=bench_stack.broker.port, config=SCALED_CONFIG, **kw)
-        made.append(u)
-        u.start()
-        u.wait_log(r"unit: unprovisioned: waiting for registration", 15)
-        return u
-
-    yield make
-    for u in made:
-        u.close()
 
 
 def _cli(bench_stack, *args: str):
@@ -65,8 +43,8 @@ def _decode_qr(png: bytes) -> str:
 # --- verify -------------------------------------------------------------------------------------
 
 
-def test_verify_passes_on_the_first_heartbeat_after_registration_then_label(bench_stack, make_unit, tmp_path):
-    unit = make_unit()
+def test_verify_passes_on_the_first_heartbeat_after_registration_then_label(bench_stack, make_console_unit, tmp_path):
+    unit = make_console_unit()
     with bench_stack.client("bench") as api:
         reg = register_unit(unit.port, api, "st-v", "ann", timeout=5)
         res = verify_unit(api, reg.serial, timeout=30, station="st-v", operator="ann")
@@ -100,8 +78,8 @@ def test_verify_passes_on_the_first_heartbeat_after_registration_then_label(benc
     assert last.detail["sha256"] == hashlib.sha256(png).hexdigest()
 
 
-def test_verify_fails_recorded_for_a_registered_unit_that_never_connects(bench_stack, make_unit, tmp_path):
-    unit = make_unit()
+def test_verify_fails_recorded_for_a_registered_unit_that_never_connects(bench_stack, make_console_unit, tmp_path):
+    unit = make_console_unit()
     with bench_stack.client("bench") as api:
         reg = register_unit(unit.port, api, "st-v", "bob", timeout=5, reboot=False)
         unit.kill9()  # registered, then unplugged: it never boots into the firmware
