@@ -12,6 +12,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from tests.waiting import poll
+
 V2 = mqtt.CallbackAPIVersion.VERSION2
 
 # Broker semantics with ad-hoc clients and topics: the open mode (the ACLs are tests/security's subject).
@@ -30,12 +32,7 @@ def _client(broker: Any, client_id: str, got: list, *, clean: bool = True, user:
 
 
 def _wait(pred: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
+    return bool(poll(pred, timeout, 0.05))
 
 
 def test_persistent_session_delivers_queued_qos1_messages_unretained(broker: Any) -> None:

@@ -22,15 +22,11 @@ import pytest
 
 from cloud_stub import protocol
 from cloud_stub.service import Cloud
+from tests.waiting import poll
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return bool(predicate())
+    return bool(poll(predicate, timeout, interval))
 
 
 def service_login(client: mqtt.Client, broker: Any) -> None:

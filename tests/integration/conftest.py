@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,9 @@ from cloud_stub.service import Cloud
 from provisioning.demo import SCALED_CONFIG, SCALED_HB_S
 from provisioning.virtual.fleet import Fleet
 from provisioning.virtual.unit import VirtualUnit
+from tests.waiting import wait_until
 
-
-def wait_until(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+__all__ = ["Observer", "Stack", "wait_until"]
 
 
 class Observer:

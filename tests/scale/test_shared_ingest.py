@@ -21,6 +21,7 @@ from cloud_stub import protocol
 from cloud_stub.broker import EmbeddedBroker
 from cloud_stub.service import Cloud
 from tests.scale.conftest import plain_broker
+from tests.waiting import poll
 
 
 def _client(broker: Any, client_id: str) -> mqtt.Client:
@@ -36,12 +37,7 @@ def _heartbeat(seq: int, dv: int = 0) -> bytes:
 
 
 def _wait(pred: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return bool(pred())
+    return bool(poll(pred, timeout))
 
 
 def test_two_workers_split_the_stream_and_ingest_each_message_once(mosquitto: Any, registry_url: str) -> None:

@@ -12,6 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from cloud_stub.service import Cloud
+from tests.waiting import wait_until
 
 V2 = mqtt.CallbackAPIVersion.VERSION2
 
@@ -87,13 +88,7 @@ class Client:
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return wait_until(pred, timeout, what, interval=0.01)
 
 
 @pytest.fixture
