@@ -44,6 +44,13 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _answer(status: int, code: str) -> Any:
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return _error(status, code, str(exc))
+
+    return handler
+
+
 def _error(status: int, code: str, message: str, detail: list[dict[str, Any]] | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
     body = m.ErrorBody(error=code, message=message, detail=detail).model_dump(exclude_none=True)
@@ -71,29 +78,17 @@ def _install_error_handlers(app: FastAPI) -> None:
             errors.append({"loc": loc, "msg": msg, "type": e.get("type")})
         return _error(422, "invalid_request", "; ".join(parts), errors)
 
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
-        return _error(404, "not_found", str(exc))
-
-    @app.exception_handler(AccountError)
-    async def rejected(request: Request, exc: AccountError) -> JSONResponse:
-        return _error(422, "rejected", str(exc))
-
-    @app.exception_handler(TokenError)
-    async def token_rejected(request: Request, exc: TokenError) -> JSONResponse:
-        return _error(422, "rejected", str(exc))
-
-    @app.exception_handler(ProtocolError)
-    async def protocol_rejected(request: Request, exc: ProtocolError) -> JSONResponse:
-        return _error(422, "rejected", str(exc))
-
-    @app.exception_handler(RegistryError)
-    async def conflict(request: Request, exc: RegistryError) -> JSONResponse:
-        return _error(409, "conflict", str(exc))
-
-    @app.exception_handler(ConnectionError)
-    async def unavailable(request: Request, exc: ConnectionError) -> JSONResponse:
-        return _error(503, "unavailable", str(exc))
+    # Domain errors → HTTP: FastAPI picks a handler by the exception's class (most specific
+    # first), so NotFound (a RegistryError) still answers 404, not 409.
+    for exc_type, status, code in (
+        (NotFound, 404, "not_found"),
+        (AccountError, 422, "rejected"),
+        (TokenError, 422, "rejected"),
+        (ProtocolError, 422, "rejected"),
+        (RegistryError, 409, "conflict"),
+        (ConnectionError, 503, "unavailable"),
+    ):
+        app.add_exception_handler(exc_type, _answer(status, code))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:

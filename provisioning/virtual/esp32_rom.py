@@ -187,18 +187,17 @@ ESP32 = ChipModel(
         0x3FF44038: 0x03,  # GPIO_STRAP: download boot, VDD_SDIO 3.3 V
     },
 )
+# The SPI1 register block of the newer chips (S3, C3): same base and offsets.
+_SPI_MEM1: dict[str, int] = dict(
+    spi_base=0x60002000, spi_usr=0x18, spi_usr1=0x1C, spi_usr2=0x20,
+    spi_mosi_dlen=0x24, spi_miso_dlen=0x28, spi_w0=0x58,
+)
 ESP32S3 = ChipModel(
     key="esp32s3",
     name="ESP32-S3",
     magic=0x00000009,
     chip_id=9,
-    spi_base=0x60002000,
-    spi_usr=0x18,
-    spi_usr1=0x1C,
-    spi_usr2=0x20,
-    spi_mosi_dlen=0x24,
-    spi_miso_dlen=0x28,
-    spi_w0=0x58,
+    **_SPI_MEM1,
     mac_hi_reg=0x60007000 + 0x48,
     mac_lo_reg=0x60007000 + 0x44,
     uart_clkdiv_reg=0x60000014,
@@ -209,13 +208,7 @@ ESP32C3 = ChipModel(
     name="ESP32-C3",
     magic=0x1B31506F,
     chip_id=5,
-    spi_base=0x60002000,
-    spi_usr=0x18,
-    spi_usr1=0x1C,
-    spi_usr2=0x20,
-    spi_mosi_dlen=0x24,
-    spi_miso_dlen=0x28,
-    spi_w0=0x58,
+    **_SPI_MEM1,
     mac_hi_reg=0x60008800 + 0x48,
     mac_lo_reg=0x60008800 + 0x44,
     uart_clkdiv_reg=0x60000014,
