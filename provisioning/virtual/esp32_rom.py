@@ -60,6 +60,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from provisioning.virtual.serial_line import SerialLine
 
@@ -188,7 +189,7 @@ ESP32 = ChipModel(
     },
 )
 # The SPI1 register block of the newer chips (S3, C3): same base and offsets.
-_SPI_MEM1: dict[str, int] = dict(
+_SPI_MEM1: dict[str, Any] = dict(
     spi_base=0x60002000, spi_usr=0x18, spi_usr1=0x1C, spi_usr2=0x20,
     spi_mosi_dlen=0x24, spi_miso_dlen=0x28, spi_w0=0x58,
 )
